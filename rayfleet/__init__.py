@@ -1,0 +1,48 @@
+"""rayfleet: dispatch Ray workloads across a fleet of Ray clusters."""
+
+from rayfleet.config import Cluster, FleetConfig
+from rayfleet.errors import (
+    ClusterError,
+    ClusterUnreachableError,
+    ConfigError,
+    InvalidRequestError,
+    InvalidResourcesError,
+    JobNotFoundError,
+    LedgerError,
+    LocalFleetError,
+    NoCapacityError,
+    PortInUseError,
+    RayfleetError,
+    UnknownClusterError,
+)
+from rayfleet.fleet import Fleet
+from rayfleet.jobs import JobHandle
+from rayfleet.provisioning.local import LocalClusterSpec, LocalFleet, local_fleet
+from rayfleet.resources import Resources
+from rayfleet.states import JobState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cluster",
+    "ClusterError",
+    "ClusterUnreachableError",
+    "ConfigError",
+    "Fleet",
+    "FleetConfig",
+    "InvalidRequestError",
+    "InvalidResourcesError",
+    "JobHandle",
+    "JobNotFoundError",
+    "JobState",
+    "LedgerError",
+    "LocalClusterSpec",
+    "LocalFleet",
+    "LocalFleetError",
+    "NoCapacityError",
+    "PortInUseError",
+    "RayfleetError",
+    "Resources",
+    "UnknownClusterError",
+    "local_fleet",
+]

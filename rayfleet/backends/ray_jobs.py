@@ -1,0 +1,197 @@
+"""The only code that talks to Ray's `JobSubmissionClient`; Ray's errors are translated here, in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import requests
+from tenacity import Retrying
+
+from rayfleet import retry
+from rayfleet.config import Cluster
+from rayfleet.errors import ClusterError, ClusterUnreachableError, DuplicateSubmissionError, JobNotFoundError
+
+T = TypeVar("T")
+
+# Inside a Ray job, Ray sets RAY_ADDRESS to its own cluster, and JobSubmissionClient(url) then silently talks to
+# that cluster instead of `url` (FACTS.md). The client reads these only when it is built.
+_REDIRECTING_ENV = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
+_env_lock = threading.Lock()
+
+
+def _import_client() -> Any:
+    try:
+        from ray.job_submission import JobSubmissionClient
+    except ImportError as e:  # pragma: no cover - ray is a dependency; this names the fix if it was removed
+        raise ImportError("rayfleet needs Ray's job client: pip install 'ray[default]'") from e
+    return JobSubmissionClient
+
+
+class RayJobs:
+    """Ray's Job Submission API on one cluster, with errors translated and transient failures retried.
+
+    Args:
+        cluster: the cluster to talk to.
+
+    Example:
+        >>> jobs = RayJobs(Cluster(name="a", address="http://127.0.0.1:8265"))   # doctest: +SKIP
+        >>> jobs.submit("rf-1-1", "echo hi")                                     # doctest: +SKIP
+    """
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._call(self._build, policy=retry.READ)
+            return self._client
+
+    def _build(self) -> Any:
+        client_class = _import_client()
+        with _env_lock:
+            saved = {k: os.environ.pop(k) for k in _REDIRECTING_ENV if k in os.environ}
+            try:
+                return client_class(
+                    self.cluster.address,
+                    headers=self.cluster.resolved_headers() or None,
+                    verify=self.cluster.verify_tls,
+                )
+            finally:
+                os.environ.update(saved)
+
+    # ----- calls --------------------------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        submission_id: str,
+        entrypoint: str,
+        *,
+        runtime_env: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        entrypoint_kwargs: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Submit with a fixed submission id. A retry that meets "already exists" succeeds once the job is found."""
+
+        def once() -> str:
+            return self.client.submit_job(
+                entrypoint=entrypoint,
+                submission_id=submission_id,
+                runtime_env=dict(runtime_env) if runtime_env else None,
+                metadata=dict(metadata) if metadata else None,
+                **dict(entrypoint_kwargs or {}),
+            )
+
+        try:
+            return self._call(once, policy=retry.SUBMIT)
+        except DuplicateSubmissionError:
+            self.status(submission_id)  # it exists: our earlier try got through (raises JobNotFoundError if not)
+            return submission_id
+
+    def status(self, submission_id: str) -> str:
+        return str(self._call(lambda: self.client.get_job_status(submission_id), policy=retry.READ, job=submission_id))
+
+    def info(self, submission_id: str) -> Any:
+        return self._call(lambda: self.client.get_job_info(submission_id), policy=retry.READ, job=submission_id)
+
+    def logs(self, submission_id: str) -> str:
+        return str(self._call(lambda: self.client.get_job_logs(submission_id), policy=retry.READ, job=submission_id))
+
+    def stop(self, submission_id: str) -> bool:
+        return bool(self._call(lambda: self.client.stop_job(submission_id), policy=retry.READ, job=submission_id))
+
+    def list(self) -> list[Any]:
+        return list(self._call(self.client.list_jobs, policy=retry.READ))
+
+    def tail(self, submission_id: str) -> Iterator[str]:
+        """Yield log chunks as they are written until the job ends (Ray's async tail, run on its own thread)."""
+        chunks: queue.Queue[Any] = queue.Queue(maxsize=64)
+        done = object()
+        client = self.client
+
+        async def pump() -> None:
+            async for chunk in client.tail_job_logs(submission_id):
+                chunks.put(chunk)
+
+        def run() -> None:
+            try:
+                asyncio.run(pump())
+            except Exception as e:  # handed to the reader, translated there
+                chunks.put(e)
+            finally:
+                chunks.put(done)
+
+        threading.Thread(target=run, name=f"tail-{submission_id}", daemon=True).start()
+        while (item := chunks.get()) is not done:
+            if isinstance(item, Exception):
+                raise self._translate(item, submission_id) from item
+            yield item
+
+    # ----- error translation --------------------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], T], *, policy: Mapping[str, Any], job: str | None = None) -> T:
+        for attempt in Retrying(**policy):
+            with attempt:
+                try:
+                    return fn()
+                except Exception as e:
+                    raise self._translate(e, job) from e
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _translate(self, error: Exception, job: str | None) -> Exception:
+        name = self.cluster.name
+        text = str(error)
+        if isinstance(error, ClusterError | JobNotFoundError):
+            return error
+        if isinstance(error, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError) or (
+            "Failed to connect to Ray" in text or "Connection refused" in text or "Cannot connect to host" in text
+        ):
+            return ClusterUnreachableError(
+                f"cluster {name} at {self.cluster.address} did not answer: {type(error).__name__}",
+                "check that the cluster is up and the address is its dashboard (port 8265 by default)",
+                cluster=name,
+            )
+        status = _status_of(text)
+        if "already exists" in text:
+            return DuplicateSubmissionError(f"{job} already exists on {name}", "use a new submission id", cluster=name,
+                                            status=status)  # fmt: skip
+        if job is not None and (status == 404 or "does not exist" in text or "not found" in text.lower()):
+            return JobNotFoundError(f"job {job} does not exist on cluster {name}", "list jobs with 'rayfleet jobs'")
+        first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+        hint = "check the job's runtime_env and entrypoint" if status and status < 500 else "retry later"
+        if status in (401, 403):
+            hint = "the dashboard refused the credentials: set the cluster's headers (e.g. Authorization: ${TOKEN})"
+        return ClusterError(f"cluster {name} refused the request: {first[:300]}", hint, cluster=name, status=status)
+
+
+def _status_of(text: str) -> int | None:
+    marker = "status code "
+    codes = []
+    start = 0
+    while (i := text.find(marker, start)) >= 0:
+        digits = text[i + len(marker) : i + len(marker) + 3]
+        if digits.isdigit():
+            codes.append(int(digits))
+        start = i + 1
+    # Ray wraps the agent's answer: "status code 500: ... status code 400: ... already exists"; the inner one is real
+    return codes[-1] if codes else None
+
+
+@contextlib.contextmanager
+def without_redirecting_env() -> Iterator[None]:
+    """Run a block with RAY_ADDRESS / RAY_API_SERVER_ADDRESS removed (and restored after)."""
+    with _env_lock:
+        saved = {k: os.environ.pop(k) for k in _REDIRECTING_ENV if k in os.environ}
+        try:
+            yield
+        finally:
+            os.environ.update(saved)

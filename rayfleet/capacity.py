@@ -1,0 +1,355 @@
+"""Live capacity: `ClusterSnapshot` (per-node arrays with the time they were read) and the concurrent `Prober`.
+
+A probe is two cheap HTTP reads of the cluster's dashboard: ``/api/cluster_status`` (per-node used/total, pending
+demand, the report's own time) and, on first contact, ``/api/version``. The dashboard renames resource keys
+(``accelerator_type:A100`` -> ``acceleratorType:A100``); the original names come from the report's ``nodeTypes``,
+or from ``/api/v0/nodes`` when a key is new, and are cached.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import requests
+
+from rayfleet.config import Cluster
+from rayfleet.resources import format_bytes
+
+log = logging.getLogger(__name__)
+
+IGNORED_PREFIXES = ("node:",)
+IGNORED_KEYS = frozenset({"object_store_memory"})
+MAX_BACKOFF_S = 30.0
+
+
+def camel(key: str) -> str:
+    """The dashboard's renaming of a resource key (Ray's ``dashboard.utils.to_camel_case``)."""
+    head, *rest = key.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    """One reading of a cluster's capacity, as arrays over its nodes.
+
+    Attributes:
+        cluster: the cluster's name.
+        taken_at: when the reading was taken (``time.time()`` of this process).
+        healthy: whether the cluster answered.
+        error: why it did not, if it did not.
+        keys: the resource names (Ray's original names), the columns of ``total`` and ``used``.
+        node_ids: the node ids, the rows.
+        total: per-node totals, shape (nodes, keys).
+        used: per-node usage, shape (nodes, keys).
+        pending: resource shapes Ray cannot place yet (tasks, actors, placement-group bundles, pending jobs).
+        report_time: the wall time at which the cluster computed this report (it refreshes every few seconds).
+        ray_version: the cluster's Ray version, when known.
+        session_name: the cluster's Ray session; a restarted head has a new one.
+        autoscaler: the autoscaler's report (pending launches, pending and failed nodes), raw.
+    """
+
+    cluster: str
+    taken_at: float
+    healthy: bool = True
+    error: str | None = None
+    keys: tuple[str, ...] = ()
+    node_ids: tuple[str, ...] = ()
+    total: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    used: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    pending: tuple[tuple[Mapping[str, float], int], ...] = ()
+    report_time: float | None = None
+    ray_version: str | None = None
+    session_name: str | None = None
+    autoscaler: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def free(self) -> np.ndarray:
+        return np.maximum(self.total - self.used, 0.0)
+
+    @property
+    def age(self) -> float:
+        return max(0.0, time.time() - self.taken_at)
+
+    def column(self, key: str) -> int | None:
+        try:
+            return self.keys.index(key)
+        except ValueError:
+            return None
+
+    def sum(self, key: str, which: str = "total") -> float:
+        col = self.column(key)
+        if col is None or not len(self.node_ids):
+            return 0.0
+        return float((self.total if which == "total" else self.free)[:, col].sum())
+
+    def largest_node(self) -> str:
+        """A description of the node with the most GPUs, then CPUs, then memory: for error messages."""
+        if not self.healthy:
+            return f"unknown (unreachable: {self.error})"
+        if not len(self.node_ids):
+            return "no nodes"
+        order = [self.column(k) for k in ("GPU", "CPU", "memory")]
+        rank = [tuple(self.total[i, c] if c is not None else 0.0 for c in order) for i in range(len(self.node_ids))]
+        best = max(range(len(rank)), key=lambda i: rank[i])
+        return describe_node(dict(zip(self.keys, self.total[best], strict=True)))
+
+    @classmethod
+    def unreachable(cls, cluster: str, error: str, previous: ClusterSnapshot | None = None) -> ClusterSnapshot:
+        return cls(
+            cluster=cluster,
+            taken_at=time.time(),
+            healthy=False,
+            error=error,
+            ray_version=previous.ray_version if previous else None,
+            session_name=previous.session_name if previous else None,
+        )
+
+    @classmethod
+    def from_nodes(
+        cls,
+        cluster: str,
+        nodes: Sequence[tuple[str, Mapping[str, float], Mapping[str, float]]],
+        *,
+        taken_at: float | None = None,
+        pending: Iterable[tuple[Mapping[str, float], int]] = (),
+        **extra: Any,
+    ) -> ClusterSnapshot:
+        """Build a snapshot from ``(node_id, total, used)`` rows with Ray resource names (tests, benchmarks, probes)."""
+        keys = sorted({k for _, total, _ in nodes for k in total if _counted(k)})
+        index = {k: i for i, k in enumerate(keys)}
+        total_arr = np.zeros((len(nodes), len(keys)))
+        used_arr = np.zeros((len(nodes), len(keys)))
+        for row, (_, total, used) in enumerate(nodes):
+            for k, v in total.items():
+                if k in index:
+                    total_arr[row, index[k]] = v
+            for k, v in used.items():
+                if k in index:
+                    used_arr[row, index[k]] = v
+        return cls(
+            cluster=cluster,
+            taken_at=time.time() if taken_at is None else taken_at,
+            keys=tuple(keys),
+            node_ids=tuple(n for n, _, _ in nodes),
+            total=total_arr,
+            used=used_arr,
+            pending=tuple((dict(shape), int(count)) for shape, count in pending),
+            **extra,
+        )
+
+
+def _counted(key: str) -> bool:
+    return key not in IGNORED_KEYS and not key.startswith(IGNORED_PREFIXES)
+
+
+def describe_node(resources: Mapping[str, float]) -> str:
+    parts = []
+    for key in ("CPU", "GPU"):
+        if resources.get(key):
+            parts.append(f"{resources[key]:g} {key}")
+    if resources.get("memory"):
+        parts.append(format_bytes(resources["memory"]))
+    parts += [f"{v:g} {k}" for k, v in sorted(resources.items()) if k not in ("CPU", "GPU", "memory") and v]
+    return ", ".join(parts) or "nothing"
+
+
+def parse_cluster_status(
+    cluster: str, payload: Mapping[str, Any], original_names: Mapping[str, str], *, taken_at: float
+) -> tuple[ClusterSnapshot, set[str]]:
+    """Turn ``/api/cluster_status`` JSON into a snapshot; also return the camel-case keys it could not map back.
+
+    Args:
+        cluster: the cluster's name.
+        payload: the decoded response.
+        original_names: camel-case key -> Ray's original name, from what is already known.
+        taken_at: when the request was made.
+    """
+    status = payload["data"]["clusterStatus"]
+    report = status.get("loadMetricsReport") or {}
+    names = dict(original_names)
+    for shape, _count in report.get("nodeTypes") or []:
+        names.update({camel(k): k for k in shape})
+    unknown: set[str] = set()
+    nodes = []
+    for node_id, usage in (report.get("usageByNode") or {}).items():
+        total, used = {}, {}
+        for key, (node_used, node_total) in usage.items():
+            name = names.get(key)
+            if name is None:
+                unknown.add(key)
+                name = key
+            total[name], used[name] = float(node_total), float(node_used)
+        nodes.append((node_id, total, used))
+    pending = [(shape, count) for shape, count in report.get("resourceDemand") or []]
+    pending += [(shape, count) for shape, count in report.get("pgDemand") or [] if isinstance(shape, dict)]
+    autoscaler = status.get("autoscalerReport") or {}
+    snapshot = ClusterSnapshot.from_nodes(
+        cluster,
+        sorted(nodes),
+        taken_at=taken_at,
+        pending=pending,
+        report_time=status.get("time"),
+        autoscaler={
+            "pending_nodes": autoscaler.get("pendingNodes") or [],
+            "pending_launches": autoscaler.get("pendingLaunches") or {},
+            "failed_nodes": autoscaler.get("failedNodes") or [],
+        },
+    )
+    return snapshot, unknown
+
+
+@dataclass
+class _Health:
+    failures: int = 0
+    retry_at: float = 0.0
+    last: ClusterSnapshot | None = None
+    names: dict[str, str] = field(default_factory=dict)
+    version: tuple[str, str] | None = None
+
+
+class Prober:
+    """Reads every cluster's capacity concurrently, caches readings for ``ttl`` seconds, backs off dead clusters.
+
+    An unreachable cluster is marked unhealthy and not probed again until its backoff (1 s, 2 s, 4 s ... 30 s)
+    expires; a probe that does not answer within ``timeout`` is abandoned, so a dead cluster never delays
+    placement on the others.
+
+    Example:
+        >>> prober = Prober([Cluster(name="a", address="http://127.0.0.1:8265")], ttl=2.0, timeout=2.0)
+        >>> snapshots = prober.snapshots()          # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        clusters: Sequence[Cluster],
+        *,
+        ttl: float = 2.0,
+        timeout: float = 2.0,
+        on_version: Callable[[str, str, str], None] | None = None,
+    ) -> None:
+        self.clusters = {c.name: c for c in clusters}
+        self.ttl = ttl
+        self.timeout = timeout
+        self._on_version = on_version
+        self._health = {name: _Health() for name in self.clusters}
+        self._sessions: dict[str, requests.Session] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(32, len(self.clusters))), thread_name_prefix="probe")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for session in self._sessions.values():
+            session.close()
+
+    def cached(self, name: str) -> ClusterSnapshot | None:
+        return self._health[name].last
+
+    def snapshots(
+        self, names: Iterable[str] | None = None, *, max_age: float | None = None
+    ) -> dict[str, ClusterSnapshot]:
+        """Fresh-enough snapshots of the named clusters (all by default), probing those older than ``max_age``."""
+        max_age = self.ttl if max_age is None else max_age
+        now = time.time()
+        wanted = list(self.clusters) if names is None else list(names)
+        out: dict[str, ClusterSnapshot] = {}
+        to_probe = []
+        for name in wanted:
+            health = self._health[name]
+            last = health.last
+            if last is not None and (now - last.taken_at <= max_age or (not last.healthy and now < health.retry_at)):
+                out[name] = last
+            else:
+                to_probe.append(name)
+        if to_probe:
+            futures = {self._pool.submit(self._probe, name): name for name in to_probe}
+            done, not_done = wait(futures, timeout=self.timeout + 0.5)
+            for future in done:
+                out[futures[future]] = future.result()
+            for future in not_done:
+                name = futures[future]
+                out[name] = self._record_failure(name, f"no answer within {self.timeout:g} s")
+        return out
+
+    def invalidate(self, name: str | None = None) -> None:
+        """Forget cached readings so the next call probes (after a submission changed the world)."""
+        for n in [name] if name else list(self._health):
+            health = self._health[n]
+            if health.last is not None and health.last.healthy:
+                health.last = None
+
+    # ----- one probe ----------------------------------------------------------------------------------------------
+
+    def _session(self, name: str) -> requests.Session:
+        with self._lock:
+            session = self._sessions.get(name)
+            if session is None:
+                cluster = self.clusters[name]
+                session = requests.Session()
+                session.headers.update(cluster.resolved_headers())
+                session.verify = cluster.verify_tls
+                self._sessions[name] = session
+            return session
+
+    def _get(self, name: str, path: str) -> Any:
+        response = self._session(name).get(self.clusters[name].address + path, timeout=self.timeout)
+        response.raise_for_status()
+        return response.json()
+
+    def _probe(self, name: str) -> ClusterSnapshot:
+        health = self._health[name]
+        taken_at = time.time()
+        try:
+            if health.version is None:
+                info = self._get(name, "/api/version")
+                health.version = (info.get("ray_version", "?"), info.get("session_name", "?"))
+                if self._on_version:
+                    self._on_version(name, *health.version)
+            payload = self._get(name, "/api/cluster_status")
+            snapshot, unknown = parse_cluster_status(name, payload, health.names, taken_at=taken_at)
+            if unknown:  # a resource key we have not seen: learn original names from the state API, once
+                nodes = self._get(name, "/api/v0/nodes?detail=1")["data"]["result"]["result"]
+                for node in nodes:
+                    health.names.update({camel(k): k for k in node.get("resources_total", {})})
+                snapshot, _ = parse_cluster_status(name, payload, health.names, taken_at=taken_at)
+        except (requests.RequestException, ValueError, KeyError, TypeError) as e:
+            return self._record_failure(name, _short(e))
+        snapshot = _with_version(snapshot, health.version)
+        with self._lock:
+            health.failures, health.retry_at, health.last = 0, 0.0, snapshot
+        return snapshot
+
+    def _record_failure(self, name: str, error: str) -> ClusterSnapshot:
+        with self._lock:
+            health = self._health[name]
+            health.failures += 1
+            health.version = None  # re-read on reconnect: the head may have restarted
+            backoff = min(MAX_BACKOFF_S, 2.0 ** (health.failures - 1))
+            health.retry_at = time.time() + backoff
+            health.last = ClusterSnapshot.unreachable(name, error, health.last)
+        log.warning("cluster %s is unreachable (%s); next probe in %.0f s", name, error, backoff)
+        return health.last
+
+
+def _with_version(snapshot: ClusterSnapshot, version: tuple[str, str] | None) -> ClusterSnapshot:
+    if version is None:
+        return snapshot
+    from dataclasses import replace
+
+    return replace(snapshot, ray_version=version[0], session_name=version[1])
+
+
+def _short(error: BaseException) -> str:
+    if isinstance(error, requests.ConnectionError):
+        return "connection refused or host unreachable"
+    if isinstance(error, requests.Timeout):
+        return "timed out"
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        return f"HTTP {error.response.status_code} from the dashboard"
+    return f"{type(error).__name__}: {error}"[:200]

@@ -1,0 +1,269 @@
+"""Fleet definitions: `Cluster` and `FleetConfig`, from Python objects or a YAML file, with ``${ENV}`` interpolation.
+
+Secrets stay out of files and out of Ray: header values may be ``${VAR}`` templates. They are kept as templates in
+the config and resolved from the environment only when a client is built, so a fleet definition handed to a nested
+job (`FleetConfig.to_env_json`) carries the template, never the secret.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rayfleet.errors import ConfigError
+
+POLICIES = ("binpack", "spread", "cost")
+Policy = Literal["binpack", "spread", "cost"]
+FLEET_ENV = "RAYFLEET_FLEET"  # JSON fleet definition handed to jobs for nested dispatch
+FLEET_FILE_ENV = "RAYFLEET_FLEET_FILE"  # or a path to a fleet YAML file
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9\-_]{0,61}[a-z0-9])?$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(text: str, *, key: str = "", source: str | None = None) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` with values from the environment.
+
+    Raises:
+        ConfigError: a referenced variable is not set and has no default.
+    """
+
+    def sub(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"environment variable {name} is referenced but not set",
+            f"export {name}=... before running, or write ${{{name}:-default}}",
+            source=source,
+            key=key or None,
+        )
+
+    return _ENV_REF.sub(sub, text)
+
+
+class Cluster(BaseModel):
+    """One Ray cluster of the fleet, reached through its dashboard (Ray's Job Submission API).
+
+    Attributes:
+        name: unique in the fleet; lowercase letters, digits, '-' and '_'.
+        address: the dashboard URL, e.g. ``http://10.0.0.5:8265``.
+        labels: free-form selectors such as ``{"cloud": "gcp", "region": "us-east1"}``.
+        headers: HTTP headers for every request (auth); values may be ``${ENV}`` templates.
+        cost_per_cpu_hour: price of one CPU-hour, for the ``cost`` policy.
+        cost_per_gpu_hour: price of one GPU-hour, for the ``cost`` policy.
+        verify_tls: verify the dashboard's certificate (a CA bundle path is accepted).
+
+    Example:
+        >>> Cluster(name="gpu-east", address="http://127.0.0.1:8265", labels={"cloud": "aws"}).name
+        'gpu-east'
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    address: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+    cost_per_cpu_hour: float | None = Field(default=None, ge=0)
+    cost_per_gpu_hour: float | None = Field(default=None, ge=0)
+    verify_tls: bool | str = True
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"cluster name {value!r} must be 1-63 lowercase letters, digits, '-' or '_'")
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if "://" not in value:
+            value = "http://" + value
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"address {value!r} is not a dashboard URL like http://host:8265")
+        try:
+            parsed.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            raise ValueError(f"address {value!r} has a malformed port") from None
+        return value
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, value: Any) -> dict[str, str]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError("labels must be a mapping of name to value")
+        return {str(k): str(v) for k, v in value.items()}
+
+    def resolved_headers(self) -> dict[str, str]:
+        """The headers with ``${ENV}`` templates filled in from this process's environment."""
+        return {k: interpolate(v, key=f"clusters.{self.name}.headers.{k}") for k, v in self.headers.items()}
+
+    def __repr__(self) -> str:  # never show header values, even templates
+        return f"Cluster(name={self.name!r}, address={self.address!r}, labels={self.labels!r})"
+
+    __str__ = __repr__
+
+
+class FleetConfig(BaseModel):
+    """A fleet: its clusters and the settings that shape dispatch.
+
+    Attributes:
+        clusters: the clusters, with unique names.
+        policy: the default placement policy.
+        ledger: the ledger's SQLite path (default: the user's data directory).
+        probe_ttl_s: how long a capacity reading is reused.
+        probe_timeout_s: the bound on one capacity probe.
+        hold_ttl_s: the longest an optimistic hold (placed, not yet seen by a probe) is kept.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    clusters: list[Cluster]
+    policy: Policy = "binpack"
+    ledger: str | None = None
+    probe_ttl_s: float = Field(default=2.0, ge=0)
+    probe_timeout_s: float = Field(default=2.0, gt=0)
+    hold_ttl_s: float = Field(default=15.0, gt=0)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> FleetConfig:
+        seen: set[str] = set()
+        for c in self.clusters:
+            if c.name in seen:
+                raise ValueError(f"cluster name {c.name!r} appears twice; names must be unique")
+            seen.add(c.name)
+        return self
+
+    @classmethod
+    def build(cls, source: str | None = None, **data: Any) -> FleetConfig:
+        """Validate a fleet definition, turning pydantic's errors into a `ConfigError` naming the key and fix."""
+        try:
+            return cls(**data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            key = _dotted(err["loc"], data)
+            msg = err["msg"].removeprefix("Value error, ")
+            raise ConfigError(msg, _hint_for(key, err["type"]), source=source, key=key or None) from None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> FleetConfig:
+        """Load a YAML fleet file; ``${ENV}`` references are filled in (header values only when used).
+
+        Raises:
+            ConfigError: the file is missing, is not valid YAML, or its content is invalid; the message names the
+                file, the key and the fix.
+        """
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read the fleet file: {e.strerror}", "check the path", source=source) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e)
+            raise ConfigError(
+                f"malformed YAML{where}: {problem}",
+                "fix the YAML syntax (indentation, quotes, colons)",
+                source=source,
+            ) from None
+        if not isinstance(data, dict):
+            raise ConfigError(
+                "the file must be a mapping with a 'clusters:' list",
+                "start the file with 'clusters:' and list each cluster with name and address",
+                source=source,
+            )
+        data = _interpolate_tree(data, source=source, path="")
+        return cls.build(source=source, **data)
+
+    @classmethod
+    def from_env(cls) -> FleetConfig | None:
+        """The fleet handed to this process (a nested job) through ``RAYFLEET_FLEET`` or ``RAYFLEET_FLEET_FILE``."""
+        if raw := os.environ.get(FLEET_ENV):
+            try:
+                data = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{FLEET_ENV} is not JSON: {e}", "set it with FleetConfig.to_env_json()") from None
+            return cls.build(source=f"${FLEET_ENV}", **data)
+        if path := os.environ.get(FLEET_FILE_ENV):
+            return cls.from_file(path)
+        return None
+
+    def to_env_json(self) -> str:
+        """This definition as JSON for a nested job, with header templates kept and literal header values left out.
+
+        Ray shows a job's runtime_env to anyone who can reach the dashboard, so secrets must not travel there: a
+        ``${TOKEN}`` template is resolved from the job's own environment.
+        """
+        data = self.model_dump(mode="json")
+        for cluster in data["clusters"]:
+            cluster["headers"] = {k: v for k, v in cluster["headers"].items() if _ENV_REF.fullmatch(v.strip())}
+        return json.dumps(data, separators=(",", ":"))
+
+    def cluster(self, name: str) -> Cluster | None:
+        return next((c for c in self.clusters if c.name == name), None)
+
+
+def _interpolate_tree(node: Any, *, source: str, path: str) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            sub = f"{path}.{k}" if path else str(k)
+            if k == "headers" and isinstance(v, dict):
+                for hk, hv in v.items():  # check now that the variables exist; resolve later
+                    interpolate(str(hv), key=f"{sub}.{hk}", source=source)
+                out[k] = {str(hk): str(hv) for hk, hv in v.items()}
+            else:
+                out[k] = _interpolate_tree(v, source=source, path=sub)
+        return out
+    if isinstance(node, list):
+        return [_interpolate_tree(v, source=source, path=f"{path}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, str):
+        return interpolate(node, key=path, source=source)
+    return node
+
+
+def _dotted(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
+    """``('clusters', 1, 'address')`` -> ``clusters[1](name=gpu).address``: the key a user can find in the file."""
+    parts: list[str] = []
+    node: Any = data
+    for item in loc:
+        if isinstance(item, int):
+            name = node[item].get("name") if isinstance(node, list) and isinstance(node[item], dict) else None
+            parts[-1] += f"[{item}]" + (f"(name={name})" if name else "")
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+        else:
+            parts.append(str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return ".".join(parts)
+
+
+def _hint_for(key: str, kind: str) -> str:
+    if kind == "missing":
+        return f"add '{key.rsplit('.', 1)[-1]}' (every cluster needs a name and a dashboard address)"
+    if kind == "extra_forbidden":
+        return "remove the key or correct its spelling (see docs/configuration.md)"
+    if key.endswith("address"):
+        return "give the dashboard URL, e.g. http://head-host:8265"
+    if key.endswith("policy"):
+        return f"use one of {', '.join(POLICIES)}"
+    if "clusters" in key and "name" in key:
+        return "use a unique lowercase name such as 'gpu-east'"
+    return "correct the value as the message says"

@@ -1,0 +1,129 @@
+"""The one tree of rayfleet errors: each says what happened, to what, and what to do about it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+class RayfleetError(Exception):
+    """Base of every error rayfleet raises on purpose.
+
+    Attributes:
+        message: what happened, to what.
+        hint: what to do about it (rendered as ``To fix: ...``).
+    """
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.message}\nTo fix: {self.hint}" if self.hint else self.message
+
+
+class InvalidRequestError(RayfleetError, ValueError):
+    """A request is malformed: a bad resource value or key, an empty entrypoint, a bad selector."""
+
+
+class InvalidResourcesError(InvalidRequestError):
+    """A resource value or key is invalid (negative, NaN, malformed key, fractional GPU above 1)."""
+
+
+class ConfigError(RayfleetError, ValueError):
+    """A fleet definition (YAML file or Python objects) is invalid.
+
+    Attributes:
+        source: the file the error is in, or ``None`` for Python objects.
+        key: the dotted path of the offending key, when known.
+    """
+
+    def __init__(self, message: str, hint: str = "", *, source: str | None = None, key: str | None = None):
+        self.source = source
+        self.key = key
+        where = ", ".join(p for p in (source, f"key {key!r}" if key else None) if p)
+        super().__init__(f"{where}: {message}" if where else message, hint)
+
+
+class UnknownClusterError(InvalidRequestError):
+    """A job was pinned to a cluster name the fleet does not have."""
+
+
+class NoCapacityError(RayfleetError):
+    """No cluster in the fleet can take a request.
+
+    Attributes:
+        rejects: cluster name -> the reason it was rejected.
+        largest_nodes: cluster name -> a description of its largest node, when it was probed.
+        history: earlier attempts (cluster, reason) for a job that failed over; empty on a first placement.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        hint: str = "",
+        *,
+        rejects: Mapping[str, str] | None = None,
+        largest_nodes: Mapping[str, str] | None = None,
+        history: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self.rejects = dict(rejects or {})
+        self.largest_nodes = dict(largest_nodes or {})
+        self.history = list(history)
+        lines = [message]
+        lines += [f"  - {name}: {why}" for name, why in sorted(self.rejects.items())]
+        if self.largest_nodes:
+            lines.append("Largest node of each cluster:")
+            lines += [f"  - {name}: {desc}" for name, desc in sorted(self.largest_nodes.items())]
+        lines += [f"  earlier attempt on {c}: {why}" for c, why in self.history]
+        super().__init__("\n".join(lines), hint)
+
+
+class ClusterError(RayfleetError):
+    """A cluster answered, but with an error (Ray's job API returned a failure).
+
+    Attributes:
+        cluster: the cluster's name.
+        status: the HTTP status, when there was one.
+    """
+
+    def __init__(self, message: str, hint: str = "", *, cluster: str, status: int | None = None) -> None:
+        self.cluster = cluster
+        self.status = status
+        super().__init__(message, hint)
+
+
+class ClusterUnreachableError(ClusterError):
+    """A cluster did not answer (connection refused, timed out, DNS failure)."""
+
+
+class DuplicateSubmissionError(ClusterError):
+    """Ray already has a job with this submission id (a retry after a lost response)."""
+
+
+class JobNotFoundError(RayfleetError, KeyError):
+    """No job with this id in the ledger (or on the cluster)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return RayfleetError.__str__(self)
+
+
+class LedgerError(RayfleetError):
+    """The ledger cannot be opened or is inconsistent (bad path, newer schema, illegal transition)."""
+
+
+class LocalFleetError(RayfleetError):
+    """An embedded local fleet could not start, or its state file is unusable."""
+
+
+class PortInUseError(LocalFleetError):
+    """A port a local cluster needs is already taken by another process."""
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Why one cluster was not chosen (used by NoCapacityError and explain)."""
+
+    cluster: str
+    reason: str

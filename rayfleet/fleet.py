@@ -1,0 +1,147 @@
+"""`Fleet`: the public facade. Build one from clusters or a file, then `submit`, `explain`, `jobs`, `job`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rayfleet.capacity import ClusterSnapshot
+from rayfleet.config import Cluster, FleetConfig
+from rayfleet.dispatch import Dispatcher
+from rayfleet.errors import ConfigError
+from rayfleet.jobs import JobHandle
+from rayfleet.ledger import Ledger
+from rayfleet.placement import Decision
+from rayfleet.resources import Resources
+
+
+class Fleet:
+    """A fleet of Ray clusters that jobs are dispatched across.
+
+    Args:
+        clusters: the clusters (`Cluster` objects or mappings of their fields).
+        config: a whole `FleetConfig` instead of ``clusters`` and the settings below.
+        ledger: the ledger file (default: ``ledger`` of the config, ``$RAYFLEET_LEDGER``, or the user's data dir).
+        policy: the default placement policy (``binpack``, ``spread``, ``cost``).
+
+    Example:
+        >>> fleet = Fleet(clusters=[Cluster(name="cpu", address="http://127.0.0.1:8265")])    # doctest: +SKIP
+        >>> handle = fleet.submit("python -c 'print(42)'", Resources(cpu=1))                 # doctest: +SKIP
+        >>> handle.wait(60), handle.cluster                                                   # doctest: +SKIP
+        (<JobState.SUCCEEDED: 'SUCCEEDED'>, 'cpu')
+    """
+
+    def __init__(
+        self,
+        clusters: Sequence[Cluster | Mapping[str, Any]] | None = None,
+        *,
+        config: FleetConfig | None = None,
+        ledger: str | os.PathLike[str] | Ledger | None = None,
+        policy: str | None = None,
+        **settings: Any,
+    ) -> None:
+        if config is None:
+            if clusters is None:
+                raise ConfigError("a fleet needs clusters", "pass clusters=[Cluster(...)] or use Fleet.from_file(path)")
+            data: dict[str, Any] = {"clusters": [dict(c) if isinstance(c, Mapping) else c for c in clusters]}
+            config = FleetConfig.build(**data, **({"policy": policy} if policy else {}), **settings)
+        elif policy or settings:
+            config = FleetConfig.build(**{**config.model_dump(), **settings, **({"policy": policy} if policy else {})})
+        self.config = config
+        self.ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger or config.ledger)
+        self._dispatcher = Dispatcher(config, self.ledger)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> Fleet:
+        """A fleet from a YAML file (see docs/configuration.md). Raises `ConfigError` naming the file and key."""
+        return cls(config=FleetConfig.from_file(path), **kwargs)
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> Fleet:
+        """The fleet this job was submitted through (nested dispatch), from ``$RAYFLEET_FLEET[_FILE]``."""
+        config = FleetConfig.from_env()
+        if config is None:
+            raise ConfigError(
+                "no fleet in the environment ($RAYFLEET_FLEET or $RAYFLEET_FLEET_FILE)",
+                "run this inside a job submitted by rayfleet, or set RAYFLEET_FLEET_FILE to a fleet file",
+            )
+        return cls(config=config, **kwargs)
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._dispatcher.close()
+
+    @property
+    def clusters(self) -> list[Cluster]:
+        return list(self.config.clusters)
+
+    def submit(
+        self,
+        entrypoint: str,
+        resources: Resources | Mapping[str, Any] | None = None,
+        *,
+        runtime_env: Mapping[str, Any] | None = None,
+        labels: Mapping[str, str] | None = None,
+        cluster: str | None = None,
+        policy: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> JobHandle:
+        """Place a job on the best cluster and submit it through Ray's Job Submission API.
+
+        Returns once a cluster has accepted the job and the ledger has recorded it; it does not wait for the job
+        to start.
+
+        Args:
+            entrypoint: the shell command, as for ``ray job submit``.
+            resources: what the command needs on one node (`Resources` or a mapping such as ``{"cpu": 2, "gpu": 1}``).
+            runtime_env: Ray's runtime_env, passed through (``working_dir``, ``pip``, ``env_vars`` ...).
+            labels: every one must match the chosen cluster's labels.
+            cluster: pin the job to this cluster.
+            policy: ``binpack`` (default), ``spread`` or ``cost``.
+            metadata: string pairs stored with the Ray job.
+
+        Returns:
+            A `JobHandle`.
+
+        Raises:
+            InvalidRequestError: bad resources, empty entrypoint, unknown pin (nothing recorded or sent).
+            NoCapacityError: no cluster can take it; the error lists every cluster and why.
+            ClusterUnreachableError: the pinned cluster, or every cluster, does not answer.
+            ClusterError: the chosen cluster refused the job.
+        """
+        sub = self._dispatcher.validate(
+            entrypoint, resources, runtime_env=runtime_env, labels=labels, cluster=cluster, policy=policy,
+            metadata=metadata,
+        )  # fmt: skip
+        return JobHandle(self._dispatcher, self._dispatcher.submit(sub))
+
+    def explain(
+        self,
+        resources: Resources | Mapping[str, Any] | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        cluster: str | None = None,
+        policy: str | None = None,
+    ) -> Decision:
+        """Where a job with these resources would go now, and why every other cluster would not take it."""
+        sub = self._dispatcher.validate("explain", resources, labels=labels, cluster=cluster, policy=policy)
+        return self._dispatcher.decide(sub)
+
+    def snapshots(self, *, max_age: float | None = None) -> dict[str, ClusterSnapshot]:
+        """The latest capacity reading of every cluster (probing those older than ``max_age`` seconds)."""
+        return self._dispatcher.snapshots(max_age=max_age)
+
+    def jobs(self, *, limit: int = 100, active_only: bool = False) -> list[JobHandle]:
+        """Jobs in the ledger, newest first; works from any process on this machine."""
+        return [JobHandle(self._dispatcher, j.id) for j in self.ledger.jobs(limit=limit, active_only=active_only)]
+
+    def job(self, job_id: str) -> JobHandle:
+        """The job with this id (raises `JobNotFoundError`)."""
+        self.ledger.job(job_id)
+        return JobHandle(self._dispatcher, job_id)

@@ -1,0 +1,356 @@
+"""The ledger: a SQLite file recording every job, attempt and state change, before the world changes.
+
+Transitions are append-only and checked against the one state machine (`rayfleet.states`), inside an immediate
+transaction, so two processes sharing the file cannot both move an attempt, and a terminal state is final.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rayfleet.errors import JobNotFoundError, LedgerError
+from rayfleet.resources import Resources
+from rayfleet.states import JobState, can_move
+
+LEDGER_ENV = "RAYFLEET_LEDGER"
+
+MIGRATIONS: list[str] = [
+    # 1: jobs, attempts, append-only transitions
+    """
+    CREATE TABLE jobs (
+        id          TEXT PRIMARY KEY,
+        created_at  REAL NOT NULL,
+        entrypoint  TEXT NOT NULL,
+        request     TEXT NOT NULL,            -- JSON: resources, labels, cluster pin, policy
+        runtime_env TEXT,                     -- JSON, as given
+        metadata    TEXT,                     -- JSON, as given
+        parent_id   TEXT
+    );
+    CREATE TABLE attempts (
+        submission_id TEXT PRIMARY KEY,
+        job_id        TEXT NOT NULL REFERENCES jobs(id),
+        n             INTEGER NOT NULL,
+        cluster       TEXT NOT NULL,
+        node_id       TEXT,
+        accelerator   TEXT,
+        created_at    REAL NOT NULL,
+        UNIQUE (job_id, n)
+    );
+    CREATE TABLE transitions (
+        seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id        TEXT NOT NULL REFERENCES jobs(id),
+        submission_id TEXT REFERENCES attempts(submission_id),
+        state         TEXT NOT NULL,
+        at            REAL NOT NULL,
+        detail        TEXT
+    );
+    CREATE INDEX transitions_by_attempt ON transitions (submission_id, seq);
+    CREATE INDEX transitions_by_job ON transitions (job_id, seq);
+    CREATE INDEX jobs_by_time ON jobs (created_at);
+    CREATE TRIGGER transitions_append_only_u BEFORE UPDATE ON transitions
+        BEGIN SELECT RAISE(ABORT, 'transitions are append-only'); END;
+    CREATE TRIGGER transitions_append_only_d BEFORE DELETE ON transitions
+        BEGIN SELECT RAISE(ABORT, 'transitions are append-only'); END;
+    """,
+]
+
+
+def default_path() -> Path:
+    """``$RAYFLEET_LEDGER``, else ``$XDG_DATA_HOME/rayfleet/ledger.db`` (``~/.local/share`` by default)."""
+    if env := os.environ.get(LEDGER_ENV):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "rayfleet" / "ledger.db"
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One Ray submission of a job, as the ledger knows it."""
+
+    submission_id: str
+    job_id: str
+    n: int
+    cluster: str
+    node_id: str | None
+    accelerator: str | None
+    created_at: float
+    state: JobState
+    updated_at: float
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A rayfleet job: what was asked, and its attempts (oldest first)."""
+
+    id: str
+    created_at: float
+    entrypoint: str
+    request: Mapping[str, Any]
+    runtime_env: Mapping[str, Any] | None
+    metadata: Mapping[str, Any] | None
+    parent_id: str | None
+    attempts: tuple[AttemptRecord, ...] = ()
+    job_state: JobState = JobState.QUEUED
+    detail: str | None = None
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(**self.request.get("resources", {}))
+
+    @property
+    def last_attempt(self) -> AttemptRecord | None:
+        return self.attempts[-1] if self.attempts else None
+
+    @property
+    def state(self) -> JobState:
+        """The newest attempt's state; the job's own record (QUEUED, or a refusal) before any attempt."""
+        return self.attempts[-1].state if self.attempts else self.job_state
+
+
+@dataclass
+class Ledger:
+    """The durable record of jobs on this machine.
+
+    Args:
+        path: the SQLite file; created (readable by the user only) with its directory if missing.
+
+    Example:
+        >>> ledger = Ledger("/tmp/example-ledger.db")       # doctest: +SKIP
+        >>> ledger.jobs(limit=10)                            # doctest: +SKIP
+    """
+
+    path: Path | str | None = None
+    _conn: sqlite3.Connection = field(init=False, repr=False)
+    _lock: threading.RLock = field(init=False, repr=False, default_factory=threading.RLock)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path).expanduser() if self.path else default_path()
+        self._conn = self._open(self.path)
+
+    # ----- opening and migrations ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        try:
+            if not path.parent.exists():
+                path.parent.mkdir(parents=True, mode=0o700)
+            if not path.exists():  # create it private before SQLite does; -wal/-shm files inherit the mode
+                os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes, fsync at checkpoints
+            conn.execute("PRAGMA foreign_keys=ON")
+        except (OSError, sqlite3.Error) as e:
+            raise LedgerError(
+                f"cannot open the ledger at {path}: {e}",
+                f"give a writable file path (Fleet(ledger=...), ledger: in the fleet file, or ${LEDGER_ENV})",
+            ) from None
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise LedgerError(
+                f"the ledger at {path} has schema version {version}, newer than this rayfleet knows "
+                f"({len(MIGRATIONS)})",
+                "upgrade rayfleet, or point it at another ledger file",
+            )
+        for number in range(version, len(MIGRATIONS)):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if conn.execute("PRAGMA user_version").fetchone()[0] == number:  # another process may have migrated
+                    for statement in MIGRATIONS[number].split(";\n"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {number + 1}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return conn
+
+    @property
+    def schema_version(self) -> int:
+        return self._conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    # ----- writes -------------------------------------------------------------------------------------------------
+
+    def add_job(
+        self,
+        job_id: str,
+        *,
+        entrypoint: str,
+        request: Mapping[str, Any],
+        runtime_env: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        parent_id: str | None = None,
+        attempt: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record a new job, QUEUED, or with its first attempt PLACED (``attempt``: submission_id, cluster, ...)."""
+        now = time.time()
+        with self._tx() as tx:
+            tx.execute(
+                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, now, entrypoint, _dump(request), _dump(runtime_env), _dump(metadata), parent_id),
+            )
+            if attempt is None:
+                tx.execute("INSERT INTO transitions VALUES (NULL, ?, NULL, ?, ?, NULL)", (job_id, "QUEUED", now))
+            else:
+                self._insert_attempt(tx, job_id, attempt, now)
+
+    def add_attempt(self, job_id: str, attempt: Mapping[str, Any]) -> None:
+        """Record the next attempt of a job, PLACED on its cluster, before it is submitted."""
+        with self._tx() as tx:
+            self._insert_attempt(tx, job_id, attempt, time.time())
+
+    @staticmethod
+    def _insert_attempt(tx: sqlite3.Connection, job_id: str, attempt: Mapping[str, Any], now: float) -> None:
+        tx.execute(
+            "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                attempt["submission_id"],
+                job_id,
+                attempt["n"],
+                attempt["cluster"],
+                attempt.get("node_id"),
+                attempt.get("accelerator"),
+                now,
+            ),
+        )
+        tx.execute(
+            "INSERT INTO transitions VALUES (NULL, ?, ?, ?, ?, ?)",
+            (job_id, attempt["submission_id"], JobState.PLACED.value, now, attempt.get("detail")),
+        )
+
+    def record(self, submission_id: str, state: JobState, detail: str | None = None) -> bool:
+        """Move an attempt to ``state`` if the state machine allows it.
+
+        Returns:
+            True if the state changed; False if it was already there, or the move is not allowed (a terminal state
+            is final: a late or stale observation never undoes it).
+
+        Raises:
+            JobNotFoundError: no such attempt.
+        """
+        with self._tx() as tx:
+            row = tx.execute(
+                "SELECT a.job_id, t.state FROM attempts a LEFT JOIN transitions t ON t.seq = "
+                "(SELECT MAX(seq) FROM transitions WHERE submission_id = a.submission_id) "
+                "WHERE a.submission_id = ?",
+                (submission_id,),
+            ).fetchone()
+            if row is None:
+                raise JobNotFoundError(
+                    f"no attempt {submission_id!r} in the ledger", "check the id with 'rayfleet jobs'"
+                )
+            job_id, old = row[0], JobState(row[1]) if row[1] else None
+            if old == state or not can_move(old, state):
+                return False
+            tx.execute(
+                "INSERT INTO transitions VALUES (NULL, ?, ?, ?, ?, ?)",
+                (job_id, submission_id, state.value, time.time(), detail),
+            )
+            return True
+
+    def record_job(self, job_id: str, state: JobState, detail: str | None = None) -> bool:
+        """Move a job that has no attempt yet (QUEUED) to another state, e.g. FAILED when it can never be placed."""
+        with self._tx() as tx:
+            row = tx.execute(
+                "SELECT state FROM transitions WHERE job_id = ? AND submission_id IS NULL ORDER BY seq DESC LIMIT 1",
+                (job_id,),
+            ).fetchone()
+            if row is None:
+                raise JobNotFoundError(f"no job {job_id!r} in the ledger", "check the id with 'rayfleet jobs'")
+            if not can_move(JobState(row[0]), state):
+                return False
+            tx.execute(
+                "INSERT INTO transitions VALUES (NULL, ?, NULL, ?, ?, ?)",
+                (job_id, state.value, time.time(), detail),
+            )
+            return True
+
+    # ----- reads --------------------------------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> JobRecord:
+        """The job with this id. Raises `JobNotFoundError`."""
+        jobs = self._load("WHERE j.id = ?", (job_id,))
+        if not jobs:
+            raise JobNotFoundError(f"no job {job_id!r} in the ledger {self.path}", "list jobs with 'rayfleet jobs'")
+        return jobs[0]
+
+    def jobs(self, *, limit: int = 100, active_only: bool = False) -> list[JobRecord]:
+        """The newest jobs first; with ``active_only``, those whose state is not terminal."""
+        jobs = self._load("ORDER BY j.created_at DESC LIMIT ?", (limit if not active_only else -1,))
+        if active_only:
+            jobs = [j for j in jobs if not j.state.is_terminal()][:limit]
+        return jobs
+
+    def history(self, submission_id: str) -> list[tuple[JobState, float, str | None]]:
+        """Every state an attempt went through, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT state, at, detail FROM transitions WHERE submission_id = ? ORDER BY seq",
+                (submission_id,),
+            ).fetchall()
+        return [(JobState(s), at, d) for s, at, d in rows]
+
+    def _load(self, where: str, params: tuple[Any, ...]) -> list[JobRecord]:
+        with self._lock:
+            jobs = self._conn.execute(
+                f"SELECT j.id, j.created_at, j.entrypoint, j.request, j.runtime_env, j.metadata, j.parent_id, "
+                f"(SELECT state || '|' || COALESCE(detail, '') FROM transitions t WHERE t.job_id = j.id "
+                f"AND t.submission_id IS NULL ORDER BY seq DESC LIMIT 1) FROM jobs j {where}",
+                params,
+            ).fetchall()
+            ids = [row[0] for row in jobs]
+            attempts: dict[str, list[AttemptRecord]] = {i: [] for i in ids}
+            if ids:
+                marks = ",".join("?" * len(ids))
+                for row in self._conn.execute(
+                    "SELECT a.submission_id, a.job_id, a.n, a.cluster, a.node_id, a.accelerator, a.created_at, "
+                    "t.state, t.at, t.detail FROM attempts a JOIN transitions t ON t.seq = "
+                    "(SELECT MAX(seq) FROM transitions WHERE submission_id = a.submission_id) "
+                    f"WHERE a.job_id IN ({marks}) ORDER BY a.n",
+                    ids,
+                ):
+                    attempts[row[1]].append(AttemptRecord(*row[:7], JobState(row[7]), row[8], row[9]))
+        out = []
+        for jid, created, entrypoint, request, runtime_env, metadata, parent, job_state in jobs:
+            state, _, detail = (job_state or "QUEUED|").partition("|")
+            out.append(
+                JobRecord(
+                    jid, created, entrypoint, json.loads(request), _load_json(runtime_env), _load_json(metadata),
+                    parent, tuple(attempts[jid]), JobState(state), detail or None,
+                )
+            )  # fmt: skip
+        return out
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, default=str)
+
+
+def _load_json(value: str | None) -> Any:
+    return None if value is None else json.loads(value)

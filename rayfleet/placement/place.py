@@ -1,0 +1,173 @@
+"""`place`: the pure placement decision over snapshots, with a reason for every cluster it rejects."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rayfleet.capacity import ClusterSnapshot, describe_node
+from rayfleet.config import POLICIES, Cluster
+from rayfleet.errors import InvalidRequestError
+from rayfleet.placement.fit import Hold, effective_free, fit_mask, request_vector
+from rayfleet.placement.policies import NODE_SCORES, cluster_key
+from rayfleet.resources import ACCELERATOR_PREFIX, Resources
+
+
+@dataclass(frozen=True)
+class PlacementRequest:
+    """What to place and under which constraints.
+
+    Attributes:
+        resources: what the job needs on one node.
+        labels: every one must match the cluster's labels.
+        cluster: pin to this cluster.
+        policy: ``binpack``, ``spread`` or ``cost``.
+        exclude: clusters not to use (failover).
+    """
+
+    resources: Resources
+    labels: Mapping[str, str] = field(default_factory=dict)
+    cluster: str | None = None
+    policy: str = "binpack"
+    exclude: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise InvalidRequestError(f"unknown policy {self.policy!r}", f"use one of {', '.join(POLICIES)}")
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one cluster fares: chosen node and score when it fits, the reason when it does not.
+
+    Attributes:
+        cluster: the cluster's name.
+        fits: whether the request fits there now.
+        reason: why it does not fit (empty when it does).
+        score: lower is better; ``None`` when it does not fit.
+        node_id: the node it would go to.
+        accelerator: the concrete GPU model chosen, if the request allowed several.
+        too_large: it would not fit even on an empty node of this cluster.
+    """
+
+    cluster: str
+    fits: bool
+    reason: str = ""
+    score: tuple[float, float] | None = None
+    node_id: str | None = None
+    accelerator: str | None = None
+    too_large: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of `place`: every cluster's `Option`, the fitting ones first, best first."""
+
+    options: tuple[Option, ...]
+
+    @property
+    def chosen(self) -> Option | None:
+        return self.options[0] if self.options and self.options[0].fits else None
+
+    @property
+    def rejects(self) -> dict[str, str]:
+        return {o.cluster: o.reason for o in self.options if not o.fits}
+
+
+def place(
+    request: PlacementRequest,
+    clusters: Sequence[Cluster],
+    snapshots: Mapping[str, ClusterSnapshot],
+    holds: Sequence[Hold] = (),
+) -> Decision:
+    """Choose a cluster and node for a request. Pure: no I/O, deterministic for equal inputs.
+
+    Args:
+        request: the request and its constraints.
+        clusters: the fleet's clusters (labels, prices).
+        snapshots: the latest reading of each cluster, by name.
+        holds: this dispatcher's recent placements not yet visible in the snapshots.
+
+    Returns:
+        A `Decision`; ``decision.chosen`` is ``None`` when nothing fits, and ``decision.rejects`` says why.
+
+    Example:
+        >>> from rayfleet.capacity import ClusterSnapshot
+        >>> snap = ClusterSnapshot.from_nodes("a", [("n1", {"CPU": 4}, {"CPU": 1})])
+        >>> clusters = [Cluster(name="a", address="http://h:8265")]
+        >>> place(PlacementRequest(Resources(cpu=2)), clusters, {"a": snap}).chosen.node_id
+        'n1'
+    """
+    options = []
+    for cluster in clusters:
+        snapshot = snapshots.get(cluster.name)
+        reason = _precheck(request, cluster, snapshot)
+        if reason:
+            options.append(Option(cluster.name, False, reason))
+            continue
+        assert snapshot is not None
+        options.append(_best_on(request, cluster, snapshot, [h for h in holds if h.cluster == cluster.name]))
+    fitting = sorted((o for o in options if o.fits), key=lambda o: (o.score, o.cluster))
+    rejected = sorted((o for o in options if not o.fits), key=lambda o: o.cluster)
+    return Decision(tuple(fitting + rejected))
+
+
+def _precheck(request: PlacementRequest, cluster: Cluster, snapshot: ClusterSnapshot | None) -> str:
+    if request.cluster is not None and cluster.name != request.cluster:
+        return f"the job is pinned to cluster {request.cluster!r}"
+    if cluster.name in request.exclude:
+        return "excluded (an earlier attempt failed here)"
+    mismatched = {k: v for k, v in request.labels.items() if cluster.labels.get(k) != v}
+    if mismatched:
+        k, v = next(iter(sorted(mismatched.items())))
+        return f"label {k}={v} does not match (cluster has {k}={cluster.labels.get(k, '<unset>')})"
+    if snapshot is None:
+        return "no capacity reading yet"
+    if not snapshot.healthy:
+        return f"unhealthy: {snapshot.error}"
+    if not snapshot.node_ids:
+        return "the cluster has no alive nodes"
+    return ""
+
+
+def _best_on(request: PlacementRequest, cluster: Cluster, snap: ClusterSnapshot, holds: Sequence[Hold]) -> Option:
+    resources = request.resources
+    models = sorted(resources.accelerators) if resources.accelerators else [None]
+    free = effective_free(snap, holds)
+    scorer = NODE_SCORES[request.policy]
+    best: Option | None = None
+    fits_empty = False
+    missing: list[str] = []
+    for model in models:
+        if model is not None and ACCELERATOR_PREFIX + model not in snap.keys:
+            missing.append(f"GPU model {model}")
+            continue
+        vec = request_vector(snap.keys, resources.to_ray(model))
+        if vec is None:
+            missing += [k for k, v in resources.to_ray(model).items() if v > 0 and k not in snap.keys]
+            continue
+        fits_empty = fits_empty or bool(fit_mask(snap.total, vec).any())
+        rows = np.flatnonzero(fit_mask(free, vec))
+        if not len(rows):
+            continue
+        scores = scorer(free[rows], snap.total[rows], vec, snap.keys, resources)
+        i = int(np.argmin(scores))  # first of equals: the lowest node index, deterministic
+        score = (cluster_key(request.policy, cluster, resources), float(scores[i]))
+        if best is None or score < best.score:  # type: ignore[operator]
+            best = Option(cluster.name, True, score=score, node_id=snap.node_ids[rows[i]], accelerator=model)
+    if best is not None:
+        return best
+    if not fits_empty:
+        if missing and len(missing) >= len(models):
+            what = ", ".join(dict.fromkeys(missing))
+            return Option(cluster.name, False, f"no node has {what}", too_large=True)
+        return Option(cluster.name, False, f"too large for every node (largest: {snap.largest_node()})", too_large=True)
+    best_free = int(np.argmax(free.sum(axis=1)))
+    return Option(
+        cluster.name,
+        False,
+        f"busy: no node has {resources.describe()} free now "
+        f"(most free: {describe_node(dict(zip(snap.keys, free[best_free], strict=True)))})",
+    )

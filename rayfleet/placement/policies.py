@@ -1,0 +1,54 @@
+"""Scoring policies: lower is better. Each scores the nodes a request fits on; `place` takes the best node per cluster
+and ranks clusters by (cluster-level key, best node score, name)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from rayfleet.config import Cluster
+from rayfleet.resources import Resources
+
+GPU_SPARE_WEIGHT = 4.0  # a CPU-only job on a GPU node strands its GPUs: pay heavily for it
+
+
+def _leftover_fraction(free: np.ndarray, total: np.ndarray, vec: np.ndarray) -> np.ndarray:
+    """Per node and key, the fraction of the node's total left free after placing ``vec``; 0 where total is 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(total > 0, (free - vec) / total, 0.0)
+    return frac
+
+
+def binpack(
+    free: np.ndarray, total: np.ndarray, vec: np.ndarray, keys: Sequence[str], request: Resources
+) -> np.ndarray:
+    """Best fit: the node left with the least free (as fractions of its size), so large holes stay for large jobs.
+
+    A job that asks for no GPU pays `GPU_SPARE_WEIGHT` for each idle GPU node it would sit on.
+    """
+    score = _leftover_fraction(free, total, vec).sum(axis=1)
+    if request.gpu == 0 and "GPU" in keys:
+        g = keys.index("GPU")
+        score = score + GPU_SPARE_WEIGHT * (total[:, g] > 0)
+    return score
+
+
+def spread(free: np.ndarray, total: np.ndarray, vec: np.ndarray, keys: Sequence[str], request: Resources) -> np.ndarray:
+    """Worst fit: the node left with the most free, so load spreads over nodes and clusters."""
+    frac = _leftover_fraction(free, total, vec)
+    used_keys = (total > 0).sum(axis=1)
+    return -(frac.sum(axis=1) / np.maximum(used_keys, 1))
+
+
+NODE_SCORES = {"binpack": binpack, "spread": spread, "cost": binpack}
+
+
+def cluster_key(policy: str, cluster: Cluster, request: Resources) -> float:
+    """The cluster-level part of the ranking: the hourly price for ``cost``, nothing for the others.
+
+    A cluster without prices counts as free (on-premises).
+    """
+    if policy != "cost":
+        return 0.0
+    return request.cpu * (cluster.cost_per_cpu_hour or 0.0) + request.gpu * (cluster.cost_per_gpu_hour or 0.0)

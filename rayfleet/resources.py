@@ -1,0 +1,288 @@
+"""`Resources`: a frozen, validated request of CPU, GPU, memory, custom keys and allowed GPU models.
+
+Ray names resources ``CPU``, ``GPU``, ``memory`` (bytes) and any custom key; a node with GPUs of a known model carries
+``accelerator_type:<model>`` = 1, which tasks request at 0.001. A request may allow several models
+(``accelerators={"A100", "H100"}``): that cannot be said to Ray in one key, so placement chooses the model and the
+submission carries the concrete key (see `Resources.entrypoint_kwargs`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rayfleet.errors import InvalidResourcesError
+
+ACCELERATOR_PREFIX = "accelerator_type:"
+ACCELERATOR_REQUEST = 0.001  # Ray's convention for requesting a node's accelerator_type:<model> resource
+RESERVED_KEYS = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+EPSILON = 1e-9
+
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*(:[A-Za-z0-9_.\-]+)?$")
+_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "": 1, "B": 1,
+    "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3, "GB": 1000**3, "T": 1000**4, "TB": 1000**4,
+    "KI": 1024, "KIB": 1024, "MI": 1024**2, "MIB": 1024**2, "GI": 1024**3, "GIB": 1024**3,
+    "TI": 1024**4, "TIB": 1024**4, "P": 1000**5, "PB": 1000**5, "PI": 1024**5, "PIB": 1024**5,
+}  # fmt: skip
+
+
+def parse_memory(value: int | float | str) -> int:
+    """Parse a memory amount into bytes.
+
+    Args:
+        value: bytes as a number, or a string such as ``"4GiB"``, ``"512MiB"``, ``"2GB"``, ``"1.5G"``.
+
+    Returns:
+        The number of bytes, rounded down.
+
+    Raises:
+        InvalidResourcesError: the value is negative, NaN or not a recognised amount.
+
+    Example:
+        >>> parse_memory("4GiB")
+        4294967296
+    """
+    if isinstance(value, bool):
+        raise InvalidResourcesError(f"memory={value!r} is not an amount", "give bytes or a string like '4GiB'")
+    if isinstance(value, int | float):
+        number, factor = float(value), 1
+    else:
+        match = _MEMORY.match(str(value))
+        if not match:
+            raise InvalidResourcesError(
+                f"memory={value!r} is not a recognised amount",
+                "give bytes as a number, or a string such as '512MiB', '4GiB' or '2GB'",
+            )
+        number, factor = float(match.group(1)), _UNITS[(match.group(2) or "").upper()]
+    if math.isnan(number) or math.isinf(number) or number < 0:
+        raise InvalidResourcesError(f"memory={value!r} must be a finite amount >= 0", "give e.g. memory='4GiB'")
+    return int(number * factor)
+
+
+def _check_amount(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name}={value!r} is not a number")
+    value = float(value)
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"{name}={value!r} must be a finite number")
+    if value < 0:
+        raise ValueError(f"{name}={value!r} must be >= 0")
+    return value
+
+
+class Resources(BaseModel):
+    """What one job (or one bundle of a gang) needs on a single node.
+
+    Attributes:
+        cpu: logical CPUs (may be fractional).
+        gpu: logical GPUs; fractions are allowed up to 1, above 1 only whole numbers (Ray's rule).
+        memory: bytes; accepts ``"4GiB"``-style strings.
+        custom: other Ray resources by their Ray name, e.g. ``{"TPU": 4}``.
+        accelerators: allowed GPU models, e.g. ``{"A100", "H100"}``; empty means any (or none).
+
+    Example:
+        >>> r = Resources(cpu=2, gpu=1, memory="8GiB", accelerators={"A100", "H100"})
+        >>> r.gpu, r.memory
+        (1.0, 8589934592)
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpu: float = 0.0
+    gpu: float = 0.0
+    memory: int = 0
+    custom: dict[str, float] = Field(default_factory=dict)
+    accelerators: frozenset[str] = frozenset()
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in e.errors())
+            raise InvalidResourcesError(
+                f"invalid resources: {problems}",
+                "use finite amounts >= 0; GPUs above 1 must be whole; custom keys look like 'TPU' or 'vendor:thing'; "
+                "GPU models go in accelerators={'A100'}",
+            ) from None
+
+    @field_validator("cpu", "gpu", mode="before")
+    @classmethod
+    def _amount(cls, value: Any, info: Any) -> float:
+        return _check_amount(info.field_name, value)
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, value: Any) -> int:
+        try:
+            return parse_memory(value)
+        except InvalidResourcesError as e:
+            raise ValueError(e.message) from None
+
+    @field_validator("custom", mode="before")
+    @classmethod
+    def _custom(cls, value: Any) -> dict[str, float]:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"custom={value!r} must be a mapping of resource name to amount")
+        out: dict[str, float] = {}
+        for key, amount in value.items():
+            if not isinstance(key, str) or not _KEY.match(key):
+                raise ValueError(f"resource key {key!r} is malformed (letters, digits, '_', '-', '.', one ':')")
+            if key in RESERVED_KEYS:
+                raise ValueError(f"resource key {key!r} has its own field: use cpu=, gpu= or memory=")
+            if key.startswith(ACCELERATOR_PREFIX):
+                raise ValueError(f"{key!r}: say GPU models with accelerators={{{key[len(ACCELERATOR_PREFIX) :]!r}}}")
+            amount = _check_amount(key, amount)
+            if amount > 0:
+                out[key] = amount
+        return dict(sorted(out.items()))
+
+    @field_validator("accelerators", mode="before")
+    @classmethod
+    def _accelerators(cls, value: Any) -> frozenset[str]:
+        if value is None:
+            return frozenset()
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        models = frozenset(str(v).strip() for v in value)
+        bad = sorted(m for m in models if not _MODEL.match(m))
+        if bad:
+            raise ValueError(f"accelerator model(s) {bad} are malformed (e.g. 'A100', 'H100', 'L4')")
+        return models
+
+    @model_validator(mode="after")
+    def _ray_rules(self) -> Resources:
+        if self.gpu > 1 and not float(self.gpu).is_integer():
+            raise ValueError(f"gpu={self.gpu} is fractional above 1; Ray allows fractions only up to 1")
+        if self.accelerators and self.gpu == 0:
+            raise ValueError("accelerators were given without gpu; request gpu>=1 (or a fraction) as well")
+        return self
+
+    def __hash__(self) -> int:
+        return hash((self.cpu, self.gpu, self.memory, tuple(self.custom.items()), self.accelerators))
+
+    # ----- construction -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def of(cls, value: Resources | Mapping[str, Any] | None) -> Resources:
+        """Accept a `Resources`, a mapping of its fields, or ``None`` (nothing)."""
+        if value is None:
+            return cls()
+        if isinstance(value, Resources):
+            return value
+        if isinstance(value, Mapping):
+            return cls(**dict(value))
+        raise InvalidResourcesError(f"resources={value!r} is not a Resources or a mapping", "pass Resources(cpu=1)")
+
+    def copy_with(self, **overrides: Any) -> Resources:
+        """A validated copy with some fields replaced (``model_copy`` would skip validation)."""
+        return Resources(**{**self.model_dump(), **overrides})
+
+    # ----- arithmetic ---------------------------------------------------------------------------------------------
+
+    def __add__(self, other: Resources) -> Resources:
+        keys = self.custom.keys() | other.custom.keys()
+        return Resources(
+            cpu=self.cpu + other.cpu,
+            gpu=self.gpu + other.gpu,
+            memory=self.memory + other.memory,
+            custom={k: self.custom.get(k, 0.0) + other.custom.get(k, 0.0) for k in keys},
+            accelerators=self.accelerators | other.accelerators,
+        )
+
+    def __mul__(self, n: int) -> Resources:
+        if not isinstance(n, int) or n < 0:
+            raise InvalidResourcesError(f"cannot multiply resources by {n!r}", "multiply by a whole number >= 0")
+        return Resources(
+            cpu=self.cpu * n,
+            gpu=self.gpu * n,
+            memory=self.memory * n,
+            custom={k: v * n for k, v in self.custom.items()},
+            accelerators=self.accelerators,
+        )
+
+    __rmul__ = __mul__
+
+    @property
+    def is_empty(self) -> bool:
+        return self.cpu == 0 and self.gpu == 0 and self.memory == 0 and not self.custom
+
+    # ----- Ray's view ---------------------------------------------------------------------------------------------
+
+    def to_ray(self, accelerator: str | None = None) -> dict[str, float]:
+        """This request as Ray resource names, with one concrete accelerator model if given.
+
+        Example:
+            >>> Resources(cpu=1, gpu=1, accelerators={"A100"}).to_ray("A100")
+            {'CPU': 1.0, 'GPU': 1.0, 'accelerator_type:A100': 0.001}
+        """
+        out: dict[str, float] = {}
+        if self.cpu:
+            out["CPU"] = self.cpu
+        if self.gpu:
+            out["GPU"] = self.gpu
+        if self.memory:
+            out["memory"] = float(self.memory)
+        out.update(self.custom)
+        if accelerator is not None:
+            out[ACCELERATOR_PREFIX + accelerator] = ACCELERATOR_REQUEST
+        return out
+
+    def fits(self, free: Mapping[str, float], accelerator: str | None = None) -> bool:
+        """Whether this request fits in one node's free resources (Ray names), with the given model if any.
+
+        With ``accelerators`` set and no model given, any allowed model the node has will do.
+        """
+        if self.accelerators and accelerator is None:
+            return any(self.fits(free, model) for model in sorted(self.accelerators))
+        return all(free.get(key, 0.0) + EPSILON >= amount for key, amount in self.to_ray(accelerator).items())
+
+    def entrypoint_kwargs(self, accelerator: str | None = None) -> dict[str, Any]:
+        """Keyword arguments for ``JobSubmissionClient.submit_job`` that reserve this request for the entrypoint."""
+        if self.accelerators and accelerator not in self.accelerators:
+            raise InvalidResourcesError(
+                f"accelerator {accelerator!r} is not one of the allowed models {sorted(self.accelerators)}",
+                "let placement choose the model",
+            )
+        kwargs: dict[str, Any] = {}
+        if self.cpu:
+            kwargs["entrypoint_num_cpus"] = self.cpu
+        if self.gpu:
+            kwargs["entrypoint_num_gpus"] = self.gpu
+        if self.memory:
+            kwargs["entrypoint_memory"] = self.memory
+        custom = dict(self.custom)
+        if accelerator is not None:
+            custom[ACCELERATOR_PREFIX + accelerator] = ACCELERATOR_REQUEST
+        if custom:
+            kwargs["entrypoint_resources"] = custom
+        return kwargs
+
+    def describe(self) -> str:
+        """A short human form, e.g. ``2 CPU, 1 GPU (A100|H100), 4.0 GiB``."""
+        parts = []
+        if self.cpu:
+            parts.append(f"{self.cpu:g} CPU")
+        if self.gpu:
+            models = f" ({'|'.join(sorted(self.accelerators))})" if self.accelerators else ""
+            parts.append(f"{self.gpu:g} GPU{models}")
+        if self.memory:
+            parts.append(format_bytes(self.memory))
+        parts += [f"{v:g} {k}" for k, v in self.custom.items()]
+        return ", ".join(parts) or "nothing"
+
+
+def format_bytes(n: float) -> str:
+    """Bytes in GiB (or MiB below 1 GiB), for tables and messages."""
+    return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:.0f} MiB"
+
+
+def accelerator_models(keys: Iterable[str]) -> list[str]:
+    """The GPU models named by ``accelerator_type:<model>`` keys among Ray resource names."""
+    return sorted(k[len(ACCELERATOR_PREFIX) :] for k in keys if k.startswith(ACCELERATOR_PREFIX))

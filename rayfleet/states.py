@@ -1,0 +1,57 @@
+"""The one state machine of rayfleet, for attempts and jobs.
+
+An attempt is one Ray submission (its own submission id) on one cluster:
+
+    PLACED -> SUBMITTED -> RUNNING -> SUCCEEDED | FAILED | STOPPED
+       |          |           |
+       +----------+-----------+--> UNKNOWN (its cluster cannot be reached) -> back, or LOST
+       +--> FAILED (the cluster refused the submission)
+
+A job's state is its newest attempt's state, or QUEUED before its first attempt. Terminal states are final.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class JobState(str, Enum):
+    """The state of a rayfleet job or of one of its attempts."""
+
+    QUEUED = "QUEUED"  # recorded, not yet placed on a cluster
+    PLACED = "PLACED"  # a cluster was chosen and recorded; the submission is on its way
+    SUBMITTED = "SUBMITTED"  # the cluster accepted it (Ray: PENDING)
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+    UNKNOWN = "UNKNOWN"  # its cluster has not answered for a while; a partition may heal
+    LOST = "LOST"  # its cluster proved it no longer has it (restart, deletion)
+
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+    @classmethod
+    def from_ray(cls, status: str) -> JobState:
+        """Map Ray's ``JobStatus`` (PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED) onto rayfleet's states."""
+        return {"PENDING": cls.SUBMITTED}.get(str(status)) or cls(str(status))
+
+
+TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.LOST})
+
+_ACTIVE = {JobState.PLACED, JobState.SUBMITTED, JobState.RUNNING, JobState.UNKNOWN}
+ALLOWED: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.PLACED, JobState.STOPPED, JobState.FAILED}),
+    JobState.PLACED: frozenset({JobState.SUBMITTED, JobState.RUNNING, JobState.UNKNOWN} | TERMINAL),
+    JobState.SUBMITTED: frozenset({JobState.RUNNING, JobState.UNKNOWN} | TERMINAL),
+    JobState.RUNNING: frozenset({JobState.UNKNOWN} | TERMINAL),
+    JobState.UNKNOWN: frozenset(_ACTIVE | TERMINAL),
+    **{state: frozenset() for state in TERMINAL},
+}
+
+
+def can_move(old: JobState | None, new: JobState) -> bool:
+    """Whether a state may follow another; ``old=None`` is the first record, and a repeat is no move at all."""
+    if old is None:
+        return new in (JobState.QUEUED, JobState.PLACED)
+    return new in ALLOWED[old]
