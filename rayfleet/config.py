@@ -37,10 +37,11 @@ def interpolate(text: str, *, key: str = "", source: str | None = None) -> str:
 
     def sub(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
-        if name in os.environ:
-            return os.environ[name]
-        if default is not None:
+        value = os.environ.get(name)
+        if default is not None and not value:  # like the shell, ':-' also replaces an empty value
             return default
+        if value is not None:
+            return value
         raise ConfigError(
             f"environment variable {name} is referenced but not set",
             f"export {name}=... before running, or write ${{{name}:-default}}",
@@ -88,17 +89,17 @@ class Cluster(BaseModel):
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
+        value = value.strip()
         if "://" not in value:
             value = "http://" + value
-        parsed = urlparse(value)
+        parsed = urlparse(value)  # before stripping '/': "http://" must not turn into "http:" with host "http"
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"address {value!r} is not a dashboard URL like http://host:8265")
         try:
             parsed.port  # noqa: B018 - raises on a malformed port
         except ValueError:
             raise ValueError(f"address {value!r} has a malformed port") from None
-        return value
+        return value.rstrip("/")
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -214,11 +215,18 @@ class FleetConfig(BaseModel):
         """
         data = self.model_dump(mode="json")
         for cluster in data["clusters"]:
-            cluster["headers"] = {k: v for k, v in cluster["headers"].items() if _ENV_REF.fullmatch(v.strip())}
+            cluster["headers"] = {k: v for k, v in cluster["headers"].items() if _only_template(v)}
         return json.dumps(data, separators=(",", ":"))
 
     def cluster(self, name: str) -> Cluster | None:
         return next((c for c in self.clusters if c.name == name), None)
+
+
+def _only_template(value: str) -> bool:
+    """True for a header value whose only literal part is an auth scheme: ``${TOKEN}``, ``Bearer ${TOKEN}``."""
+    if not _ENV_REF.search(value):
+        return False
+    return _ENV_REF.sub("", value).strip() in ("", "Bearer", "Basic", "Token")
 
 
 def _interpolate_tree(node: Any, *, source: str, path: str) -> Any:
@@ -264,6 +272,6 @@ def _hint_for(key: str, kind: str) -> str:
         return "give the dashboard URL, e.g. http://head-host:8265"
     if key.endswith("policy"):
         return f"use one of {', '.join(POLICIES)}"
-    if "clusters" in key and "name" in key:
+    if "clusters" in key and key.rsplit(".", 1)[-1] == "name":  # not "(name=a)", which every cluster key has
         return "use a unique lowercase name such as 'gpu-east'"
     return "correct the value as the message says"

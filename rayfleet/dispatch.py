@@ -154,17 +154,17 @@ class Dispatcher:
             return list(kept)
 
     def _no_capacity(self, sub: Submission, decision: Decision, history: list[tuple[str, str]]) -> Exception:
-        snaps = {n: self.prober.cached(n) for n in (o.cluster for o in decision.options)}
-        healthy = [o for o in decision.options if snaps.get(o.cluster) is not None and snaps[o.cluster].healthy]  # type: ignore[union-attr]
-        if sub.cluster and not healthy:
-            snap = snaps.get(sub.cluster)
-            raise ClusterUnreachableError(
-                f"the pinned cluster {sub.cluster} is unreachable: {snap.error if snap else 'no reading'}",
+        snaps = {o.cluster: self.prober.cached(o.cluster) for o in decision.options}
+        healthy = [o for o in decision.options if (snap := snaps.get(o.cluster)) is not None and snap.healthy]
+        pinned = snaps.get(sub.cluster) if sub.cluster else None
+        if sub.cluster and (pinned is None or not pinned.healthy):
+            return ClusterUnreachableError(
+                f"the pinned cluster {sub.cluster} is unreachable: {pinned.error if pinned else 'no reading'}",
                 "check that it is up and its dashboard address is right, or pin another cluster",
                 cluster=sub.cluster,
             )
         if not healthy:
-            raise ClusterUnreachableError(
+            return ClusterUnreachableError(
                 "every cluster in the fleet is unreachable",
                 "check the addresses in the fleet definition and that the clusters are up ('rayfleet clusters')",
                 cluster="*",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 
 class RayfleetError(Exception):
@@ -73,9 +72,6 @@ class NoCapacityError(RayfleetError):
         self.history = list(history)
         lines = [message]
         lines += [f"  - {name}: {why}" for name, why in sorted(self.rejects.items())]
-        if self.largest_nodes:
-            lines.append("Largest node of each cluster:")
-            lines += [f"  - {name}: {desc}" for name, desc in sorted(self.largest_nodes.items())]
         lines += [f"  earlier attempt on {c}: {why}" for c, why in self.history]
         super().__init__("\n".join(lines), hint)
 
@@ -119,11 +115,3 @@ class LocalFleetError(RayfleetError):
 
 class PortInUseError(LocalFleetError):
     """A port a local cluster needs is already taken by another process."""
-
-
-@dataclass(frozen=True)
-class Reject:
-    """Why one cluster was not chosen (used by NoCapacityError and explain)."""
-
-    cluster: str
-    reason: str

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
 from rayfleet.errors import InvalidResourcesError
 
@@ -98,14 +99,17 @@ class Resources(BaseModel):
     cpu: float = 0.0
     gpu: float = 0.0
     memory: int = 0
-    custom: dict[str, float] = Field(default_factory=dict)
+    custom: Mapping[str, float] = Field(default_factory=dict)
     accelerators: frozenset[str] = frozenset()
 
     def __init__(self, **data: Any) -> None:
         try:
             super().__init__(**data)
         except ValidationError as e:
-            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in e.errors())
+            problems = "; ".join(
+                f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg'].removeprefix('Value error, ')}"
+                for err in e.errors()
+            )
             raise InvalidResourcesError(
                 f"invalid resources: {problems}",
                 "use finite amounts >= 0; GPUs above 1 must be whole; custom keys look like 'TPU' or 'vendor:thing'; "
@@ -143,6 +147,11 @@ class Resources(BaseModel):
                 out[key] = amount
         return dict(sorted(out.items()))
 
+    @field_validator("custom", mode="after")
+    @classmethod
+    def _read_only(cls, value: Mapping[str, float]) -> Mapping[str, float]:
+        return MappingProxyType(dict(value))  # frozen all the way down: the hash must not change
+
     @field_validator("accelerators", mode="before")
     @classmethod
     def _accelerators(cls, value: Any) -> frozenset[str]:
@@ -150,6 +159,8 @@ class Resources(BaseModel):
             return frozenset()
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, Iterable):  # else a TypeError would escape InvalidResourcesError
+            raise ValueError(f"accelerators={value!r} must be a set of GPU models such as {{'A100', 'H100'}}")
         models = frozenset(str(v).strip() for v in value)
         bad = sorted(m for m in models if not _MODEL.match(m))
         if bad:
@@ -184,6 +195,10 @@ class Resources(BaseModel):
         """A validated copy with some fields replaced (``model_copy`` would skip validation)."""
         return Resources(**{**self.model_dump(), **overrides})
 
+    @field_serializer("custom")
+    def _dump_custom(self, value: Mapping[str, float]) -> dict[str, float]:
+        return dict(value)
+
     # ----- arithmetic ---------------------------------------------------------------------------------------------
 
     def __add__(self, other: Resources) -> Resources:
@@ -197,7 +212,7 @@ class Resources(BaseModel):
         )
 
     def __mul__(self, n: int) -> Resources:
-        if not isinstance(n, int) or n < 0:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise InvalidResourcesError(f"cannot multiply resources by {n!r}", "multiply by a whole number >= 0")
         return Resources(
             cpu=self.cpu * n,

@@ -20,7 +20,7 @@ def _transient(error: BaseException) -> bool:
 SUBMIT = dict(
     retry=retry_if_exception(_transient),
     stop=stop_after_attempt(3) | stop_after_delay(10),
-    wait=wait_exponential_jitter(initial=0.2, max=2.0),
+    wait=wait_exponential_jitter(multiplier=0.2, max=2.0),
     reraise=True,
 )
 
@@ -28,6 +28,6 @@ SUBMIT = dict(
 READ = dict(
     retry=retry_if_exception(_transient),
     stop=stop_after_attempt(4) | stop_after_delay(10),
-    wait=wait_exponential_jitter(initial=0.1, max=2.0),
+    wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
     reraise=True,
 )

@@ -45,7 +45,7 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.PLACED: frozenset({JobState.SUBMITTED, JobState.RUNNING, JobState.UNKNOWN} | TERMINAL),
     JobState.SUBMITTED: frozenset({JobState.RUNNING, JobState.UNKNOWN} | TERMINAL),
     JobState.RUNNING: frozenset({JobState.UNKNOWN} | TERMINAL),
-    JobState.UNKNOWN: frozenset(_ACTIVE | TERMINAL),
+    JobState.UNKNOWN: frozenset((_ACTIVE - {JobState.UNKNOWN}) | TERMINAL),  # a repeat is no move
     **{state: frozenset() for state in TERMINAL},
 }
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rayfleet.config import Cluster
-from rayfleet.resources import Resources
+from rayfleet.resources import ACCELERATOR_PREFIX, Resources
 
 GPU_SPARE_WEIGHT = 4.0  # a CPU-only job on a GPU node strands its GPUs: pay heavily for it
 
@@ -20,6 +20,11 @@ def _leftover_fraction(free: np.ndarray, total: np.ndarray, vec: np.ndarray) -> 
     return frac
 
 
+def _capacity_keys(keys: Sequence[str]) -> np.ndarray:
+    """1 for keys that measure capacity, 0 for markers such as ``accelerator_type:A100`` (1 per node, never used up)."""
+    return np.array([0.0 if k.startswith(ACCELERATOR_PREFIX) else 1.0 for k in keys])
+
+
 def binpack(
     free: np.ndarray, total: np.ndarray, vec: np.ndarray, keys: Sequence[str], request: Resources
 ) -> np.ndarray:
@@ -27,7 +32,7 @@ def binpack(
 
     A job that asks for no GPU pays `GPU_SPARE_WEIGHT` for each idle GPU node it would sit on.
     """
-    score = _leftover_fraction(free, total, vec).sum(axis=1)
+    score = (_leftover_fraction(free, total, vec) * _capacity_keys(keys)).sum(axis=1)
     if request.gpu == 0 and "GPU" in keys:
         g = keys.index("GPU")
         score = score + GPU_SPARE_WEIGHT * (total[:, g] > 0)
@@ -36,9 +41,10 @@ def binpack(
 
 def spread(free: np.ndarray, total: np.ndarray, vec: np.ndarray, keys: Sequence[str], request: Resources) -> np.ndarray:
     """Worst fit: the node left with the most free, so load spreads over nodes and clusters."""
-    frac = _leftover_fraction(free, total, vec)
-    used_keys = (total > 0).sum(axis=1)
-    return -(frac.sum(axis=1) / np.maximum(used_keys, 1))
+    mask = _capacity_keys(keys)
+    frac = _leftover_fraction(free, total, vec) * mask
+    counted = ((total > 0) * mask).sum(axis=1)
+    return -(frac.sum(axis=1) / np.maximum(counted, 1))
 
 
 NODE_SCORES = {"binpack": binpack, "spread": spread, "cost": binpack}

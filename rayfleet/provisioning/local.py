@@ -251,6 +251,8 @@ class LocalFleet:
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
         env.update(
+            # jobs run `python` from PATH: make it this interpreter, which has rayfleet (nested dispatch) and Ray
+            PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
             RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # bind 127.0.0.1 only (FACTS.md)
             AUTOSCALER_UPDATE_INTERVAL_S="1",  # capacity reports every second instead of five
             RAY_USAGE_STATS_ENABLED="0",

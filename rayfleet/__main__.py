@@ -1,0 +1,5 @@
+"""``python -m rayfleet`` runs the CLI."""
+
+from rayfleet.cli import main
+
+main()

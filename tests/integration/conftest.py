@@ -1,0 +1,82 @@
+"""Real local Ray clusters, started once per test session and stopped by their own process ids."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from rayfleet import Fleet, LocalClusterSpec, LocalFleet
+from rayfleet.ledger import Ledger
+
+# The demo fleet of the README: "cpu" with 2 CPUs; "gpu" with 2 CPUs and 2 logical A100 GPUs.
+SPECS = (
+    LocalClusterSpec("cpu", cpus=2, memory="1GiB", labels={"kind": "cpu"}),
+    LocalClusterSpec("gpu", cpus=2, gpus=2, accelerator="A100", memory="1GiB", labels={"kind": "gpu"}),
+)
+
+
+@pytest.fixture(scope="session")
+def local() -> Iterator[LocalFleet]:
+    running = LocalFleet(SPECS, name=f"tests-{os.getpid()}")
+    with running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def addresses(local: LocalFleet) -> dict[str, str]:
+    return {c.name: c.address for c in local.running}
+
+
+@pytest.fixture(scope="session")
+def fleet_file(local: LocalFleet) -> Path:
+    return local.fleet_file
+
+
+@pytest.fixture(scope="session")
+def ledger_path() -> Path:
+    return Path(os.environ["RAYFLEET_LEDGER"])
+
+
+@pytest.fixture()
+def fleet(fleet_file: Path, ledger_path: Path) -> Iterator[Fleet]:
+    """A new Fleet object per test (its probe cache and holds start empty) over the shared clusters and ledger."""
+    with Fleet.from_file(fleet_file, ledger=ledger_path) as f:
+        yield f
+
+
+@pytest.fixture()
+def ledger(ledger_path: Path) -> Iterator[Ledger]:
+    ledger = Ledger(ledger_path)
+    yield ledger
+    ledger.close()
+
+
+def ray_job(address: str, submission_id: str) -> dict | None:
+    """A job as Ray's own REST API reports it (None if the cluster does not have it)."""
+    response = requests.get(f"{address}/api/jobs/{submission_id}", timeout=5)
+    return response.json() if response.status_code == 200 else None
+
+
+def poll(condition: Callable[[], object], timeout: float = 60.0, interval: float = 0.2) -> object:
+    """Wait until ``condition()`` is truthy; fail the test if it is not within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def wait_idle(fleet: Fleet, timeout: float = 60.0) -> None:
+    """Until every cluster reports all its CPUs free (a stopped job's resources are released a little later)."""
+    poll(
+        lambda: all(s.healthy and s.sum("CPU", "free") == s.sum("CPU") for s in fleet.snapshots(max_age=0).values()),
+        timeout=timeout,
+    )

@@ -1,0 +1,335 @@
+"""Unit tests for `rayfleet.ledger` on a SQLite file in tmp_path (SQLite is a library: no server involved)."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from rayfleet.errors import JobNotFoundError, LedgerError
+from rayfleet.ledger import LEDGER_ENV, Ledger, default_path
+from rayfleet.resources import Resources
+from rayfleet.states import JobState
+
+S = JobState
+REQUEST = {"resources": {"cpu": 2, "memory": 1024}, "labels": {"cloud": "gcp"}, "policy": "binpack"}
+
+
+@pytest.fixture
+def path(tmp_path) -> Path:
+    return tmp_path / "ledger.db"
+
+
+@pytest.fixture
+def ledger(path):
+    ledger = Ledger(path)
+    yield ledger
+    ledger.close()
+
+
+def attempt(n: int = 1, cluster: str = "a", job: str = "j1", **extra) -> dict:
+    return {"submission_id": f"{job}-{n}", "n": n, "cluster": cluster, **extra}
+
+
+def add(ledger: Ledger, job: str = "j1", *, queued: bool = False, **kwargs) -> None:
+    ledger.add_job(
+        job, entrypoint="python train.py", request=REQUEST, attempt=None if queued else attempt(job=job), **kwargs
+    )
+
+
+# ----- writing jobs and attempts ----------------------------------------------------------------------------------
+
+
+def test_add_job_with_a_first_attempt_records_it_placed(ledger):
+    ledger.add_job(
+        "j1",
+        entrypoint="python train.py",
+        request=REQUEST,
+        runtime_env={"pip": ["torch"]},
+        metadata={"team": "ml"},
+        parent_id="j0",
+        attempt=attempt(node_id="node-7", accelerator="A100"),
+    )
+
+    job = ledger.job("j1")
+    assert (job.id, job.entrypoint, job.parent_id) == ("j1", "python train.py", "j0")
+    assert job.request == REQUEST
+    assert job.runtime_env == {"pip": ["torch"]}
+    assert job.metadata == {"team": "ml"}
+    assert job.resources == Resources(cpu=2, memory=1024)
+    assert job.state is S.PLACED
+    (only,) = job.attempts
+    assert job.last_attempt == only
+    assert (only.submission_id, only.job_id, only.n, only.cluster) == ("j1-1", "j1", 1, "a")
+    assert (only.node_id, only.accelerator, only.state) == ("node-7", "A100", S.PLACED)
+
+
+def test_add_job_without_an_attempt_records_it_queued(ledger):
+    add(ledger, queued=True)
+    job = ledger.job("j1")
+    assert job.state is S.QUEUED
+    assert job.attempts == ()
+    assert job.last_attempt is None
+    assert (job.runtime_env, job.metadata, job.parent_id) == (None, None, None)
+
+
+def test_a_failed_add_job_leaves_nothing_behind(ledger):
+    with pytest.raises(KeyError):
+        ledger.add_job("j1", entrypoint="x", request=REQUEST, attempt={"submission_id": "j1-1", "n": 1})  # no cluster
+    with pytest.raises(JobNotFoundError):
+        ledger.job("j1")
+    assert ledger.history("j1-1") == []
+
+
+def test_add_attempt_makes_the_newest_attempt_the_jobs_state(ledger):
+    add(ledger)
+    ledger.record("j1-1", S.FAILED, "node died")
+    ledger.add_attempt("j1", attempt(n=2, cluster="b"))
+
+    job = ledger.job("j1")
+    assert [(a.n, a.cluster, a.state) for a in job.attempts] == [(1, "a", S.FAILED), (2, "b", S.PLACED)]
+    assert job.state is S.PLACED
+    assert job.attempts[0].detail == "node died"
+
+
+def test_add_attempt_for_a_queued_job_places_it(ledger):
+    add(ledger, queued=True)
+    ledger.add_attempt("j1", attempt())
+    assert ledger.job("j1").state is S.PLACED
+
+
+# ----- recording transitions --------------------------------------------------------------------------------------
+
+
+def test_record_an_allowed_move_returns_true_and_changes_the_state(ledger):
+    add(ledger)
+    assert ledger.record("j1-1", S.SUBMITTED) is True
+    assert ledger.record("j1-1", S.RUNNING, "started") is True
+    attempt_ = ledger.job("j1").last_attempt
+    assert (attempt_.state, attempt_.detail) == (S.RUNNING, "started")
+
+
+def test_record_a_repeated_state_is_a_no_op(ledger):
+    add(ledger)
+    ledger.record("j1-1", S.RUNNING)
+    assert ledger.record("j1-1", S.RUNNING) is False
+    assert [s for s, _, _ in ledger.history("j1-1")] == [S.PLACED, S.RUNNING]
+
+
+def test_record_a_repeated_unknown_state_is_a_no_op(ledger):
+    add(ledger)
+    ledger.record("j1-1", S.UNKNOWN)
+    assert ledger.record("j1-1", S.UNKNOWN) is False
+    assert [s for s, _, _ in ledger.history("j1-1")] == [S.PLACED, S.UNKNOWN]
+
+
+def test_record_a_move_the_state_machine_forbids_returns_false(ledger):
+    add(ledger)
+    ledger.record("j1-1", S.RUNNING)
+    assert ledger.record("j1-1", S.SUBMITTED) is False
+    assert ledger.job("j1").state is S.RUNNING
+
+
+@pytest.mark.parametrize("terminal", [S.SUCCEEDED, S.FAILED, S.STOPPED, S.LOST], ids=lambda s: s.value)
+def test_a_terminal_state_is_final(ledger, terminal):
+    add(ledger)
+    assert ledger.record("j1-1", terminal) is True
+    late = [ledger.record("j1-1", state, "late observation") for state in JobState]
+    assert late == [False] * len(JobState)
+    assert ledger.job("j1").state is terminal
+    assert [s for s, _, _ in ledger.history("j1-1")] == [S.PLACED, terminal]
+
+
+def test_record_an_unknown_attempt_raises_job_not_found(ledger):
+    with pytest.raises(JobNotFoundError) as info:
+        ledger.record("nope-1", S.RUNNING)
+    assert str(info.value).startswith("no attempt 'nope-1' in the ledger")
+    assert "To fix:" in str(info.value)
+    assert isinstance(info.value, KeyError)
+
+
+def test_record_job_moves_a_queued_job(ledger):
+    add(ledger, queued=True)
+    assert ledger.record_job("j1", S.FAILED, "no cluster can ever fit it") is True
+    job = ledger.job("j1")
+    assert (job.state, job.detail) == (S.FAILED, "no cluster can ever fit it")
+
+
+def test_record_job_refuses_moves_the_state_machine_forbids(ledger):
+    add(ledger, queued=True)
+    assert ledger.record_job("j1", S.RUNNING) is False
+    assert ledger.record_job("j1", S.STOPPED) is True
+    assert ledger.record_job("j1", S.FAILED) is False  # terminal is final
+    assert ledger.job("j1").state is S.STOPPED
+
+
+def test_record_job_for_an_unknown_job_raises_job_not_found(ledger):
+    with pytest.raises(JobNotFoundError, match="To fix:"):
+        ledger.record_job("nope", S.FAILED)
+
+
+# ----- reading ----------------------------------------------------------------------------------------------------
+
+
+def test_job_for_an_unknown_id_raises_job_not_found_naming_it(ledger):
+    with pytest.raises(JobNotFoundError) as info:
+        ledger.job("nope")
+    assert str(info.value).startswith("no job 'nope' in the ledger")
+    assert "To fix:" in str(info.value)
+
+
+def test_jobs_lists_newest_first_with_their_states(ledger):
+    for job in ("j1", "j2", "j3"):
+        add(ledger, job)
+    ledger.record("j2-1", S.RUNNING)
+    ledger.record("j3-1", S.SUCCEEDED)
+
+    jobs = ledger.jobs()
+    assert [(j.id, j.state) for j in jobs] == [("j3", S.SUCCEEDED), ("j2", S.RUNNING), ("j1", S.PLACED)]
+    assert jobs[0].created_at >= jobs[1].created_at >= jobs[2].created_at
+
+
+def test_jobs_respects_the_limit(ledger):
+    for job in ("j1", "j2", "j3"):
+        add(ledger, job)
+    assert [j.id for j in ledger.jobs(limit=2)] == ["j3", "j2"]
+
+
+def test_jobs_active_only_leaves_out_terminal_jobs(ledger):
+    for job in ("j1", "j2", "j3", "j4"):
+        add(ledger, job)
+    add(ledger, "q1", queued=True)
+    ledger.record("j1-1", S.SUCCEEDED)
+    ledger.record("j3-1", S.UNKNOWN)
+    ledger.record("j4-1", S.LOST)
+
+    assert [j.id for j in ledger.jobs(active_only=True)] == ["q1", "j3", "j2"]
+    assert [j.id for j in ledger.jobs(active_only=True, limit=1)] == ["q1"]
+
+
+def test_jobs_of_an_empty_ledger_is_empty(ledger):
+    assert ledger.jobs() == []
+
+
+def test_history_lists_every_state_of_an_attempt_oldest_first(ledger):
+    add(ledger)
+    ledger.record("j1-1", S.SUBMITTED)
+    ledger.record("j1-1", S.UNKNOWN, "cluster unreachable")
+    ledger.record("j1-1", S.RUNNING)
+    ledger.record("j1-1", S.SUCCEEDED, "exit 0")
+
+    history = ledger.history("j1-1")
+    assert [(s, d) for s, _, d in history] == [
+        (S.PLACED, None),
+        (S.SUBMITTED, None),
+        (S.UNKNOWN, "cluster unreachable"),
+        (S.RUNNING, None),
+        (S.SUCCEEDED, "exit 0"),
+    ]
+    times = [at for _, at, _ in history]
+    assert times == sorted(times)
+
+
+def test_history_of_an_unknown_attempt_is_empty(ledger):
+    assert ledger.history("nope-1") == []
+
+
+def test_history_is_per_attempt(ledger):
+    add(ledger)
+    ledger.record("j1-1", S.FAILED)
+    ledger.add_attempt("j1", attempt(n=2, cluster="b"))
+    ledger.record("j1-2", S.RUNNING)
+    assert [s for s, _, _ in ledger.history("j1-1")] == [S.PLACED, S.FAILED]
+    assert [s for s, _, _ in ledger.history("j1-2")] == [S.PLACED, S.RUNNING]
+
+
+# ----- the file ---------------------------------------------------------------------------------------------------
+
+
+def test_the_ledger_file_is_readable_by_its_user_only(ledger, path):
+    add(ledger)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_missing_directory_is_created_private(tmp_path):
+    path = tmp_path / "deep" / "er" / "ledger.db"
+    ledger = Ledger(path)
+    try:
+        assert path.exists()
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    finally:
+        ledger.close()
+
+
+def test_schema_version_is_one(ledger):
+    assert ledger.schema_version == 1
+
+
+def test_a_second_ledger_on_the_same_file_sees_the_same_jobs(ledger, path):
+    add(ledger, "j1")
+    ledger.record("j1-1", S.RUNNING)
+
+    other = Ledger(path)
+    try:
+        assert other.schema_version == 1
+        assert [(j.id, j.state) for j in other.jobs()] == [("j1", S.RUNNING)]
+        assert other.record("j1-1", S.SUCCEEDED) is True
+        add(other, "j2", queued=True)
+    finally:
+        other.close()
+
+    assert [(j.id, j.state) for j in ledger.jobs()] == [("j2", S.QUEUED), ("j1", S.SUCCEEDED)]
+    assert ledger.record("j1-1", S.RUNNING) is False  # the other writer's terminal state holds here too
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["UPDATE transitions SET state = 'RUNNING'", "DELETE FROM transitions"],
+    ids=["update", "delete"],
+)
+def test_transitions_are_append_only(ledger, path, statement):
+    add(ledger)
+    ledger.record("j1-1", S.SUCCEEDED)
+
+    conn = sqlite3.connect(path)
+    try:
+        with pytest.raises(sqlite3.DatabaseError, match="transitions are append-only"):
+            conn.execute(statement)
+    finally:
+        conn.close()
+    assert [s for s, _, _ in ledger.history("j1-1")] == [S.PLACED, S.SUCCEEDED]
+
+
+def test_a_ledger_with_a_newer_schema_is_refused(path):
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+
+    with pytest.raises(LedgerError) as info:
+        Ledger(path)
+    assert "schema version 99, newer than this rayfleet knows (1)" in str(info.value)
+    assert "To fix: upgrade rayfleet" in str(info.value)
+
+
+def test_a_path_that_cannot_be_a_database_is_refused(tmp_path):
+    with pytest.raises(LedgerError, match=re.escape(f"cannot open the ledger at {tmp_path}")):
+        Ledger(tmp_path)  # a directory
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param({LEDGER_ENV: "/x/l.db", "XDG_DATA_HOME": "/xdg"}, "/x/l.db", id="ledger-env-wins"),
+        pytest.param({"XDG_DATA_HOME": "/xdg"}, "/xdg/rayfleet/ledger.db", id="xdg-data-home"),
+        pytest.param({"HOME": "/home/u"}, "/home/u/.local/share/rayfleet/ledger.db", id="home"),
+    ],
+)
+def test_default_path(monkeypatch, env, expected):
+    for name in (LEDGER_ENV, "XDG_DATA_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert default_path() == Path(expected)
