@@ -142,7 +142,7 @@ def _best_on(request: PlacementRequest, cluster: Cluster, snap: ClusterSnapshot,
     missing: list[str] = []
     for model in models:
         if model is not None and ACCELERATOR_PREFIX + model not in snap.keys:
-            missing.append(f"GPU model {model}")
+            missing.append(f"a GPU of model {' or '.join(models)}")  # type: ignore[arg-type]
             continue
         vec = request_vector(snap.keys, resources.to_ray(model))
         if vec is None:

@@ -309,7 +309,7 @@ CASES = [
             req(gpu=1, accelerators={"A100", "H100"}),
             [snap("a", [("n0", gpu_node("L4"), used())]), snap("b", [("n0", gpu_node("H100"), used())])],
             chosen=("b", "n0", "H100"),
-            rejects={"a": "no node has GPU model A100, GPU model H100"},
+            rejects={"a": "no node has a GPU of model A100 or H100"},
             too_large=frozenset({"a"}),
         ),
         id="accelerators-pick-a-cluster-with-an-allowed-model",
