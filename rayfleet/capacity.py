@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -340,8 +340,6 @@ class Prober:
 def _with_version(snapshot: ClusterSnapshot, version: tuple[str, str] | None) -> ClusterSnapshot:
     if version is None:
         return snapshot
-    from dataclasses import replace
-
     return replace(snapshot, ray_version=version[0], session_name=version[1])
 
 

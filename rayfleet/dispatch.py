@@ -76,6 +76,7 @@ class Dispatcher:
         self._backends = {c.name: RayJobs(c) for c in config.clusters}
         self._holds: list[Hold] = []
         self._lock = threading.Lock()
+        self._warned: set[str] = set()
 
     def close(self) -> None:
         self.prober.close()
@@ -362,8 +363,6 @@ class Dispatcher:
         return stopped
 
     # ----- versions -----------------------------------------------------------------------------------------------
-
-    _warned: set[str] = set()
 
     def _check_version(self, cluster: str, version: str, session: str) -> None:
         local = _local_ray_version()

@@ -58,16 +58,10 @@ class RayJobs:
 
     def _build(self) -> Any:
         client_class = _import_client()
-        with _env_lock:
-            saved = {k: os.environ.pop(k) for k in _REDIRECTING_ENV if k in os.environ}
-            try:
-                return client_class(
-                    self.cluster.address,
-                    headers=self.cluster.resolved_headers() or None,
-                    verify=self.cluster.verify_tls,
-                )
-            finally:
-                os.environ.update(saved)
+        with without_redirecting_env():
+            return client_class(
+                self.cluster.address, headers=self.cluster.resolved_headers() or None, verify=self.cluster.verify_tls
+            )
 
     # ----- calls --------------------------------------------------------------------------------------------------
 
