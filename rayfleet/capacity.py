@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 IGNORED_PREFIXES = ("node:",)
 IGNORED_KEYS = frozenset({"object_store_memory"})
 MAX_BACKOFF_S = 30.0
+_IGNORED_RENAMED = frozenset({"objectStoreMemory"})
 
 
 def camel(key: str) -> str:
@@ -181,6 +182,8 @@ def parse_cluster_status(
     for node_id, usage in (report.get("usageByNode") or {}).items():
         total, used = {}, {}
         for key, (node_used, node_total) in usage.items():
+            if key.startswith(IGNORED_PREFIXES) or key in _IGNORED_RENAMED:
+                continue
             name = names.get(key)
             if name is None:
                 unknown.add(key)

@@ -1,0 +1,85 @@
+"""Parsing Ray's /api/cluster_status into snapshots, and the dashboard's key renaming (no server needed)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from rayfleet.capacity import ClusterSnapshot, camel, parse_cluster_status
+from rayfleet.config import FleetConfig
+from rayfleet.dispatch import Dispatcher
+from rayfleet.ledger import Ledger
+
+# The shape Ray 2.60 returns (trimmed): usage keys renamed by the dashboard, nodeTypes and demand not renamed.
+PAYLOAD = {
+    "data": {
+        "clusterStatus": {
+            "time": 1795871677.5,
+            "autoscalerReport": {"pendingNodes": [], "pendingLaunches": {"gpu_worker": 1}, "failedNodes": []},
+            "loadMetricsReport": {
+                "usageByNode": {
+                    "bb": {"CPU": [1.0, 2.0], "GPU": [1.0, 2.0], "acceleratorType:A100": [0.001, 1.0],
+                           "gpuH10080Gb": [0.0, 4.0], "memory": [0.0, 2e9], "node:127.0.0.1": [0.0, 1.0],
+                           "objectStoreMemory": [0.0, 1e8]},
+                    "aa": {"CPU": [0.0, 4.0], "memory": [1e9, 4e9]},
+                },
+                "resourceDemand": [[{"GPU": 3.0}, 2]],
+                "pgDemand": [],
+                "nodeTypes": [[{"CPU": 2.0, "GPU": 2.0, "accelerator_type:A100": 1.0, "memory": 2e9,
+                                "node:__internal_head__": 1.0, "object_store_memory": 1e8}, 1]],
+            },
+        }
+    }
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("original", "renamed"),
+    [("accelerator_type:A100", "acceleratorType:A100"), ("gpu_h100_80gb", "gpuH10080Gb"), ("CPU", "CPU"),
+     ("node:__internal_head__", "node:InternalHead"), ("object_store_memory", "objectStoreMemory")],
+)  # fmt: skip
+def test_camel_matches_the_dashboards_renaming(original: str, renamed: str) -> None:
+    assert camel(original) == renamed
+
+
+def test_parse_maps_renamed_keys_back_and_reports_what_it_could_not() -> None:
+    snap, unknown = parse_cluster_status("c", PAYLOAD, {}, taken_at=10.0)
+
+    assert unknown == {"gpuH10080Gb"}  # not in nodeTypes: the prober then asks /api/v0/nodes
+    assert snap.node_ids == ("aa", "bb")
+    assert "accelerator_type:A100" in snap.keys and "acceleratorType:A100" not in snap.keys
+    assert not any(k.startswith("node:") or k in ("object_store_memory", "objectStoreMemory") for k in snap.keys)
+    assert snap.sum("CPU") == 6.0 and snap.sum("CPU", "free") == 5.0
+    assert snap.sum("GPU", "free") == 1.0
+    assert snap.pending == (({"GPU": 3.0}, 2),)
+    assert snap.report_time == 1795871677.5 and snap.taken_at == 10.0
+    assert snap.autoscaler["pending_launches"] == {"gpu_worker": 1}
+
+
+def test_parse_uses_names_learned_earlier() -> None:
+    snap, unknown = parse_cluster_status("c", PAYLOAD, {"gpuH10080Gb": "gpu_h100_80gb"}, taken_at=0.0)
+
+    assert unknown == set()
+    assert snap.sum("gpu_h100_80gb") == 4.0
+
+
+def test_largest_node_prefers_gpus_then_cpus() -> None:
+    snap = ClusterSnapshot.from_nodes("c", [("a", {"CPU": 64}, {}), ("b", {"CPU": 8, "GPU": 4, "memory": 2**35}, {})])
+    assert snap.largest_node() == "8 CPU, 4 GPU, 32.0 GiB"
+    assert ClusterSnapshot.unreachable("c", "timed out").largest_node() == "unknown (unreachable: timed out)"
+    np.testing.assert_array_equal(snap.free, snap.total)
+
+
+def test_a_cluster_on_another_ray_version_draws_one_warning(tmp_path) -> None:
+    config = FleetConfig.build(clusters=[{"name": "a", "address": "http://127.0.0.1:9"}])
+    dispatcher = Dispatcher(config, Ledger(tmp_path / "l.db"))
+    try:
+        with pytest.warns(UserWarning, match="cluster a runs Ray 0.0.1"):
+            dispatcher._check_version("a", "0.0.1", "session_x")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            dispatcher._check_version("a", "0.0.1", "session_x")  # once per cluster
+    finally:
+        dispatcher.close()
