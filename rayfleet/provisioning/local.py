@@ -155,6 +155,7 @@ class LocalFleet:
         self.port_base = port_base
         self.dir = Path(directory) if directory else state_dir(name)
         self.running: list[RunningCluster] = []
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}  # the ones this object started
 
     @property
     def state_file(self) -> Path:
@@ -193,7 +194,7 @@ class LocalFleet:
             self._write_state()
             deadline = time.monotonic() + timeout
             for cluster in started:
-                _wait_ready(cluster, deadline)
+                _wait_ready(cluster, self._processes[cluster.name], deadline)
         except BaseException:
             self.down()
             raise
@@ -266,6 +267,7 @@ class LocalFleet:
                 env=env,
                 start_new_session=True,
             )
+        self._processes[spec.name] = process
         labels = {
             "provider": "local",
             **({"accelerator": spec.accelerator} if spec.accelerator else {}),
@@ -298,13 +300,17 @@ class LocalFleet:
         """Stop this fleet's clusters (those started here, or those named in its state file). Returns their names."""
         clusters = self.running or (_read_state(self.state_file) if self.state_file.exists() else [])
         for cluster in clusters:
-            if cluster.alive():
+            process = self._processes.get(cluster.name)
+            if (process.poll() is None) if process is not None else cluster.alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(cluster.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
         for cluster in clusters:
-            while cluster.alive() and time.monotonic() < deadline:
-                _reap(cluster.pid)
+            process = self._processes.pop(cluster.name, None)
+            if process is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            while cluster.alive() and time.monotonic() < deadline:  # started by another process: watch /proc
                 time.sleep(0.1)
             # the group is the one we created with start_new_session: its id is our child's pid
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -336,12 +342,11 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _wait_ready(cluster: RunningCluster, deadline: float) -> None:
+def _wait_ready(cluster: RunningCluster, process: subprocess.Popen[bytes], deadline: float) -> None:
     """Until the dashboard reports the node and the job API answers; fail fast if the process exits."""
     session = requests.Session()
     while time.monotonic() < deadline:
-        _reap(cluster.pid)
-        if not cluster.alive():
+        if process.poll() is not None:
             raise LocalFleetError(
                 f"local cluster {cluster.name!r} exited while starting: {_tail(cluster.log)}",
                 f"read {cluster.log}; a port or temp dir clash is the usual cause",
