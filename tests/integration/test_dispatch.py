@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -200,6 +201,23 @@ def test_unreachable_clusters_are_skipped_and_named(
         handle.wait(timeout=120)
     with Fleet([dead], ledger=ledger_path) as fleet, pytest.raises(ClusterUnreachableError, match="every cluster"):
         fleet.submit("true", {"cpu": 0.5})
+
+
+def test_a_cluster_that_accepts_connections_but_never_answers_is_cut_off_by_the_probe_timeout(
+    fleet_file: Path, ledger_path: Path
+) -> None:
+    with socket.socket() as silent:  # listens, never answers: a hung dashboard or a black-holed route
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        hung = Cluster(name="hung", address=f"http://127.0.0.1:{silent.getsockname()[1]}")
+        clusters = [*Fleet.from_file(fleet_file).clusters, hung]
+        with Fleet(clusters, ledger=ledger_path, probe_timeout_s=0.5) as fleet:
+            handle = fleet.submit("true", {"cpu": 0.5})
+
+            assert handle.cluster in ("cpu", "gpu")
+            reason = fleet.explain({"cpu": 0.5}).rejects["hung"]
+            assert "unhealthy" in reason and ("timed out" in reason or "no answer" in reason)
+            assert handle.wait(timeout=120) is JobState.SUCCEEDED
 
 
 def test_a_retried_submission_that_already_exists_is_success(fleet: Fleet, addresses: dict[str, str]) -> None:
