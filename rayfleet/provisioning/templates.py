@@ -227,7 +227,7 @@ def render(
             "spec": {
                 "containers": [
                     _container("ray-worker", group.image or template.default_image, group.cpu, group.memory, group.gpu)
-                ]  # fmt: skip
+                ]
             }
         }
         if group.node_selector:
