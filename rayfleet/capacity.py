@@ -69,6 +69,8 @@ class ClusterSnapshot:
     ray_version: str | None = None
     session_name: str | None = None
     autoscaler: Mapping[str, Any] = field(default_factory=dict)
+    # derived arrays computed once per reading (placement's free-after-pending-demand); not part of its value
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def free(self) -> np.ndarray:

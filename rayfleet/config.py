@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rayfleet.errors import ConfigError
+from rayfleet.provisioning.templates import ClusterTemplate
 
 POLICIES = ("binpack", "spread", "cost")
 Policy = Literal["binpack", "spread", "cost"]
@@ -120,6 +121,42 @@ class Cluster(BaseModel):
     __str__ = __repr__
 
 
+Access = Literal["service_ip", "service_dns", "url_template", "port_forward"]
+
+
+class KubeRayConfig(BaseModel):
+    """A Kubernetes cluster where rayfleet may create RayClusters (one entry of ``provisioners:`` in a fleet file).
+
+    Attributes:
+        name: the provisioner's name.
+        context: the kubeconfig context (default: the current one); ``in_cluster`` uses the pod's service account.
+        kubeconfig: the kubeconfig file (default: ``$KUBECONFIG`` or ``~/.kube/config``).
+        namespace: where RayClusters are created.
+        access: how rayfleet reaches a new cluster's dashboard: ``service_ip`` (``status.head.serviceIP`` and
+            ``status.endpoints.dashboard``), ``service_dns`` (``<name>-head-svc.<ns>.svc``, from inside the cluster),
+            ``url_template`` (an ingress or load balancer) or ``port_forward`` (a laptop).
+        url_template: for ``url_template``: e.g. ``https://{name}.ray.example.com`` ({name}, {namespace}, {port}).
+        max_clusters: at most this many managed clusters at once.
+        max_gpus: at most this many GPUs over all managed clusters (counted at each template's maximum).
+        templates: what it may create.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    kind: Literal["kuberay"] = "kuberay"
+    context: str | None = None
+    in_cluster: bool = False
+    kubeconfig: str | None = None
+    namespace: str = "default"
+    access: Access = "service_ip"
+    url_template: str | None = None
+    max_clusters: int = Field(default=2, ge=0)
+    max_gpus: int = Field(default=16, ge=0)
+    templates: list[ClusterTemplate] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
 class FleetConfig(BaseModel):
     """A fleet: its clusters and the settings that shape dispatch.
 
@@ -134,7 +171,9 @@ class FleetConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    clusters: list[Cluster]
+    clusters: list[Cluster] = Field(default_factory=list)
+    provisioners: list[KubeRayConfig] = Field(default_factory=list)
+    name: str = "default"
     policy: Policy = "binpack"
     ledger: str | None = None
     probe_ttl_s: float = Field(default=2.0, ge=0)
@@ -143,6 +182,8 @@ class FleetConfig(BaseModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> FleetConfig:
+        if not self.clusters and not self.provisioners:
+            raise ValueError("the fleet has no clusters and no provisioners: list at least one cluster")
         seen: set[str] = set()
         for c in self.clusters:
             if c.name in seen:
@@ -157,9 +198,14 @@ class FleetConfig(BaseModel):
             return cls(**data)
         except ValidationError as e:
             err = e.errors()[0]
-            key = _dotted(err["loc"], data)
             msg = err["msg"].removeprefix("Value error, ")
-            raise ConfigError(msg, _hint_for(key, err["type"]), source=source, key=key or None) from None
+            key = _dotted(err["loc"], data) or ("clusters" if "cluster" in msg else "")
+            hint = _hint_for(key, err["type"])
+            if "no clusters" in msg:
+                hint = "add 'clusters:' with at least one cluster (a name and its dashboard address)"
+            elif "appears twice" in msg:
+                hint = "give every cluster its own name"
+            raise ConfigError(msg, hint, source=source, key=key or None) from None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> FleetConfig:

@@ -115,3 +115,21 @@ class LocalFleetError(RayfleetError):
 
 class PortInUseError(LocalFleetError):
     """A port a local cluster needs is already taken by another process."""
+
+
+class ProvisioningError(RayfleetError):
+    """An on-demand cluster could not be created or did not become ready (it was deleted, nothing is left behind).
+
+    Attributes:
+        provisioner: the provisioner's name.
+        cluster: the cluster's name, when one was created.
+        status: the HTTP status from the infrastructure's API, when there was one.
+    """
+
+    def __init__(
+        self, message: str, hint: str = "", *, provisioner: str, cluster: str | None = None, status: int | None = None
+    ) -> None:
+        self.provisioner = provisioner
+        self.cluster = cluster
+        self.status = status
+        super().__init__(message, hint)

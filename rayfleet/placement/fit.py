@@ -74,17 +74,25 @@ def fit_mask(free: np.ndarray, vec: np.ndarray) -> np.ndarray:
     return np.all(free + EPSILON >= vec, axis=1)
 
 
-def _take(free: np.ndarray, keys: Sequence[str], shape: Mapping[str, float], row: int | None) -> None:
+def _take(free: np.ndarray, keys: Sequence[str], shape: Mapping[str, float], row: int | None, count: int = 1) -> None:
+    """Take ``count`` units of ``shape`` from ``free`` in place: on ``row``, or best-fit unit by unit."""
     vec = request_vector(keys, shape)
     if vec is None:
         return
-    if row is None:
-        fits = np.flatnonzero(fit_mask(free, vec))
-        if not len(fits):
+    if row is not None:
+        free[row] = np.maximum(free[row] - vec * count, 0.0)
+        return
+    fits = fit_mask(free, vec)
+    slack = (free - vec).sum(axis=1)
+    for _ in range(count):
+        candidates = np.flatnonzero(fits)
+        if not len(candidates):
             return  # cannot be placed now: it waits for the autoscaler, and takes nothing from what is free
         # best fit: the node left with the least, so large holes stay for large requests
-        row = int(fits[np.argmin((free[fits] - vec).sum(axis=1))])
-    free[row] = np.maximum(free[row] - vec, 0.0)
+        best = int(candidates[np.argmin(slack[candidates])])
+        free[best] = np.maximum(free[best] - vec, 0.0)
+        fits[best] = bool(np.all(free[best] + EPSILON >= vec))  # only that row changed
+        slack[best] = float((free[best] - vec).sum())
 
 
 def effective_free(snapshot: ClusterSnapshot, holds: Sequence[Hold] = ()) -> np.ndarray:
@@ -92,12 +100,19 @@ def effective_free(snapshot: ClusterSnapshot, holds: Sequence[Hold] = ()) -> np.
 
     Pending demand that fits on some node is about to take it; demand that fits nowhere waits for new nodes and
     takes nothing. Holds cover submissions the probe does not reflect yet (it lags by up to ~5 s); without them a
-    burst of submissions would all land on the same cluster.
+    burst of submissions would all land on the same cluster. The part from pending demand depends only on the
+    reading, so it is computed once per snapshot.
     """
-    free = snapshot.free.copy()
-    for shape, count in snapshot.pending:
-        for _ in range(min(int(count), 1000)):
-            _take(free, snapshot.keys, shape, None)
+    base = snapshot.memo.get("free_after_pending")
+    if base is None:
+        base = snapshot.free.copy()
+        for shape, count in snapshot.pending:
+            _take(base, snapshot.keys, shape, None, min(int(count), 10_000))
+        base.setflags(write=False)
+        snapshot.memo["free_after_pending"] = base
+    if not holds:
+        return base
+    free = base.copy()
     rows = {node_id: i for i, node_id in enumerate(snapshot.node_ids)}
     for hold in holds:
         _take(free, snapshot.keys, hold.resources, rows.get(hold.node_id) if hold.node_id else None)

@@ -260,8 +260,8 @@ def test_a_missing_file_names_the_path(tmp_path):
         pytest.param(
             "policy: spread\n",
             "clusters",
-            "Field required",
-            "add 'clusters'",
+            "no clusters and no provisioners",
+            "add 'clusters:'",
             id="no-clusters",
         ),
     ],

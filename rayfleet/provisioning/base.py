@@ -1,0 +1,59 @@
+"""The `Provisioner` protocol: where on-demand clusters come from, and the record of one it made."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from rayfleet.config import Cluster
+from rayfleet.provisioning.templates import ClusterTemplate
+
+
+@dataclass(frozen=True)
+class ManagedCluster:
+    """A cluster a provisioner created for this fleet.
+
+    Attributes:
+        name: its name, in the provisioner and in the fleet.
+        provisioner: the provisioner that owns it.
+        template: the template it was made from.
+        namespace: where it lives (Kubernetes namespace; empty for local clusters).
+        created_at: wall time of creation.
+    """
+
+    name: str
+    provisioner: str
+    template: str
+    namespace: str = ""
+    created_at: float = 0.0
+
+
+@runtime_checkable
+class Provisioner(Protocol):
+    """Creates, readies and deletes clusters from templates. Implementations: KubeRay, local."""
+
+    name: str
+    templates: Sequence[ClusterTemplate]
+    max_clusters: int
+    max_gpus: int
+
+    def create(self, template: ClusterTemplate) -> ManagedCluster:
+        """Start creating a cluster; return at once (it is not ready yet)."""
+        ...
+
+    def wait_ready(self, cluster: ManagedCluster, timeout: float) -> Cluster:
+        """Block until the cluster is ready; return it as a fleet `Cluster` with its dashboard address.
+
+        Raises:
+            ProvisioningError: not ready within ``timeout`` or failed; the caller deletes it.
+        """
+        ...
+
+    def delete(self, cluster: ManagedCluster) -> None:
+        """Delete a cluster this provisioner owns (never one it does not)."""
+        ...
+
+    def owned(self) -> list[ManagedCluster]:
+        """Every cluster this provisioner owns for this fleet, as the infrastructure reports it."""
+        ...

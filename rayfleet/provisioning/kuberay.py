@@ -1,0 +1,411 @@
+"""`KubeRayProvisioner`: RayClusters created, watched until ready, and deleted through the official `kubernetes` client.
+
+The only module that imports `kubernetes`. It talks to ``CustomObjectsApi`` directly (the KubeRay python client is
+not on PyPI and polls every 5 s) and waits for readiness with a watch on the RayCluster, resumed when it drops.
+It deletes only RayClusters whose labels say this fleet owns them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import logging
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from tenacity import Retrying
+
+from rayfleet import retry
+from rayfleet.config import Cluster, KubeRayConfig
+from rayfleet.errors import ProvisioningError
+from rayfleet.provisioning.base import ManagedCluster
+from rayfleet.provisioning.templates import (
+    ANNOTATION_IDLE_DEADLINE,
+    LABEL_FLEET,
+    LABEL_MANAGED_BY,
+    LABEL_TEMPLATE,
+    RAYCLUSTER_API,
+    ClusterTemplate,
+    render,
+)
+
+log = logging.getLogger(__name__)
+GROUP, VERSION, PLURAL = RAYCLUSTER_API
+READY_CONDITIONS = ("RayClusterProvisioned", "HeadPodReady")
+DEFAULT_DASHBOARD_PORT = "8265"
+RBAC_HINT = (
+    "grant the fleet's identity a Role in namespace {ns} with: apiGroups ['ray.io'], resources ['rayclusters'], "
+    "verbs ['get', 'list', 'watch', 'create', 'patch', 'delete'] and resources ['rayclusters/status'], verbs ['get'] "
+    "(see docs/kuberay.md)"
+)
+
+
+def _import_kubernetes() -> Any:
+    try:
+        import kubernetes
+    except ImportError as e:
+        raise ImportError("KubeRay provisioning needs the kubernetes client: pip install 'rayfleet[kuberay]'") from e
+    return kubernetes
+
+
+def label_value(text: str) -> str:
+    """A valid Kubernetes label value: 63 characters of [A-Za-z0-9._-], starting and ending alphanumeric."""
+    value = re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:63].strip("-._")
+    return value or "unknown"
+
+
+def creator() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return label_value(f"{user}-at-{socket.gethostname()}")
+
+
+def is_ready(obj: Mapping[str, Any]) -> bool:
+    """Ready when ``RayClusterProvisioned`` (else ``HeadPodReady``) is True; ``state: ready`` when no conditions."""
+    status = obj.get("status") or {}
+    conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+    if "RayClusterProvisioned" in conditions:
+        return conditions["RayClusterProvisioned"] == "True"
+    if "HeadPodReady" in conditions:
+        return conditions["HeadPodReady"] == "True"
+    return status.get("state") == "ready"
+
+
+def failure(obj: Mapping[str, Any]) -> str | None:
+    """Why a RayCluster failed, if it did (``state: failed`` or a ``ReplicaFailure`` condition)."""
+    status = obj.get("status") or {}
+    if status.get("state") == "failed":
+        return status.get("reason") or "state failed"
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
+            return condition.get("message") or condition.get("reason") or "ReplicaFailure"
+    return None
+
+
+def dashboard_url(obj: Mapping[str, Any], access: str, url_template: str | None = None) -> str | None:
+    """The dashboard address of a ready RayCluster under an access mode (``None`` if the status lacks it).
+
+    Example:
+        >>> dashboard_url({"metadata": {"name": "c", "namespace": "ml"}, "status": {}}, "service_dns")
+        'http://c-head-svc.ml.svc:8265'
+    """
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    name, namespace = meta.get("name", ""), meta.get("namespace", "default")
+    port = str((status.get("endpoints") or {}).get("dashboard") or DEFAULT_DASHBOARD_PORT)
+    if access == "service_dns":
+        return f"http://{name}-head-svc.{namespace}.svc:{port}"
+    if access == "service_ip":
+        ip = (status.get("head") or {}).get("serviceIP") or (status.get("head") or {}).get("podIP")
+        return f"http://{ip}:{port}" if ip else None
+    if access == "url_template":
+        if not url_template:
+            raise ValueError("access 'url_template' needs url_template, e.g. https://{name}.ray.example.com")
+        return url_template.format(name=name, namespace=namespace, port=port)
+    return None  # port_forward: the forwarder knows its local port
+
+
+class KubeRayProvisioner:
+    """Creates RayClusters from templates on one Kubernetes cluster, for one fleet.
+
+    Args:
+        config: where and how (context, namespace, access, caps, templates).
+        fleet: the owning fleet's name (a label on every RayCluster; only those are ever deleted).
+        configuration: an explicit ``kubernetes.client.Configuration`` (tests, custom auth); overrides the context.
+
+    Example:
+        >>> provisioner = KubeRayProvisioner(KubeRayConfig(name="gke", context="gke_ml", templates=[...]), fleet="prod")
+        ...                                                                     # doctest: +SKIP
+        >>> managed = provisioner.create(provisioner.templates[0])              # doctest: +SKIP
+        >>> cluster = provisioner.wait_ready(managed, timeout=600)              # doctest: +SKIP
+    """
+
+    def __init__(self, config: KubeRayConfig, *, fleet: str, configuration: Any = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.templates: Sequence[ClusterTemplate] = config.templates
+        self.max_clusters = config.max_clusters
+        self.max_gpus = config.max_gpus
+        self.fleet = label_value(fleet)
+        self._k8s = _import_kubernetes()
+        self._api_client = self._make_client(configuration)
+        self._api = self._k8s.client.CustomObjectsApi(self._api_client)
+        self._forwards: dict[str, PortForward] = {}
+
+    def _make_client(self, configuration: Any) -> Any:
+        client, kconfig = self._k8s.client, self._k8s.config
+        if configuration is not None:
+            return client.ApiClient(configuration)
+        try:
+            if self.config.in_cluster:
+                c = client.Configuration()
+                kconfig.load_incluster_config(client_configuration=c)
+                return client.ApiClient(c)
+            return kconfig.new_client_from_config(config_file=self.config.kubeconfig, context=self.config.context)
+        except (kconfig.ConfigException, OSError, TypeError) as e:
+            raise ProvisioningError(
+                f"cannot load Kubernetes credentials for provisioner {self.name}: {e}",
+                "check the context name (kubectl config get-contexts) or the kubeconfig path",
+                provisioner=self.name,
+            ) from None
+
+    # ----- Kubernetes calls, with errors translated in one place -----------------------------------------------------
+
+    def _call(self, what: str, fn: Any, *args: Any, cluster: str | None = None, **kwargs: Any) -> Any:
+        ApiException = self._k8s.client.exceptions.ApiException
+        try:
+            for attempt in Retrying(**retry.KUBERNETES):
+                with attempt:
+                    return fn(*args, **kwargs)
+        except ApiException as e:
+            if e.status == 403:
+                raise ProvisioningError(
+                    f"Kubernetes refused to {what} (403 Forbidden): {(e.reason or '').strip()}",
+                    RBAC_HINT.format(ns=self.config.namespace),
+                    provisioner=self.name,
+                    cluster=cluster,
+                    status=403,
+                ) from None
+            raise ProvisioningError(
+                f"Kubernetes could not {what}: HTTP {e.status} {(e.reason or '').strip()}",
+                "check the API server and the namespace; transient errors were retried",
+                provisioner=self.name,
+                cluster=cluster,
+                status=e.status,
+            ) from None
+        except retry.TRANSPORT_ERRORS as e:
+            raise ProvisioningError(
+                f"the Kubernetes API of {self.name} did not answer while trying to {what}: {type(e).__name__}",
+                "check the API server address and the network; the call was retried",
+                provisioner=self.name,
+                cluster=cluster,
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _get(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self._api.get_namespaced_custom_object(GROUP, VERSION, self.config.namespace, PLURAL, name)
+        except self._k8s.client.exceptions.ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def _owned(self, obj: Mapping[str, Any] | None) -> bool:
+        labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
+        return labels.get(LABEL_MANAGED_BY) == "rayfleet" and labels.get(LABEL_FLEET) == self.fleet
+
+    # ----- the protocol ---------------------------------------------------------------------------------------------
+
+    def create(self, template: ClusterTemplate) -> ManagedCluster:
+        """Create a RayCluster from ``template``; a name clash (409) with a cluster we own reuses it."""
+        name = f"rf-{label_value(template.name)[:40]}-{uuid.uuid4().hex[:6]}".lower()
+        for _ in range(3):
+            manifest = render(template, name=name, namespace=self.config.namespace, fleet=self.fleet,
+                              created_by=creator(), extra_labels=self.config.labels)  # fmt: skip
+            try:
+                self._call(f"create RayCluster {name}", self._create, manifest, cluster=name)
+            except ProvisioningError as e:
+                if e.status != 409:
+                    raise
+                existing = self._call(f"read RayCluster {name}", self._get, name, cluster=name)
+                if not self._owned(existing):
+                    name = f"rf-{label_value(template.name)[:40]}-{uuid.uuid4().hex[:6]}".lower()
+                    continue  # someone else's: take a new name
+            return ManagedCluster(name, self.name, template.name, self.config.namespace, time.time())
+        raise ProvisioningError(
+            "three RayCluster names in a row were taken", "retry later", provisioner=self.name, cluster=name
+        )
+
+    def _create(self, manifest: dict[str, Any]) -> Any:
+        return self._api.create_namespaced_custom_object(GROUP, VERSION, self.config.namespace, PLURAL, manifest)
+
+    def wait_ready(self, cluster: ManagedCluster, timeout: float) -> Cluster:
+        """Watch the RayCluster until it is ready (resuming a dropped watch); return it as a fleet `Cluster`."""
+        deadline = time.monotonic() + timeout
+        obj = self._call(f"read RayCluster {cluster.name}", self._get, cluster.name, cluster=cluster.name)
+        while True:
+            if obj is None:
+                raise ProvisioningError(f"RayCluster {cluster.name} was deleted while starting", "",
+                                        provisioner=self.name, cluster=cluster.name)  # fmt: skip
+            if (why := failure(obj)) is not None:
+                raise ProvisioningError(
+                    f"RayCluster {cluster.name} failed: {why}",
+                    "check the KubeRay operator's events for the cluster",
+                    provisioner=self.name,
+                    cluster=cluster.name,
+                )
+            if is_ready(obj) and (address := self._address(obj)) is not None:
+                return self._as_cluster(cluster, address)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ProvisioningError(
+                    f"RayCluster {cluster.name} was not ready within {timeout:g} s",
+                    "raise the template's ready_timeout_s, or check that the Kubernetes cluster has room for its pods",
+                    provisioner=self.name,
+                    cluster=cluster.name,
+                )
+            obj = self._watch_for_change(cluster.name, obj, remaining) or self._call(
+                f"read RayCluster {cluster.name}", self._get, cluster.name, cluster=cluster.name
+            )
+
+    def _watch_for_change(self, name: str, obj: Mapping[str, Any], remaining: float) -> dict[str, Any] | None:
+        """The next version of the object from a watch; ``None`` when the watch ended (caller re-reads)."""
+        k8s = self._k8s
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        watch = k8s.watch.Watch()
+        try:
+            for event in watch.stream(
+                self._api.list_namespaced_custom_object, GROUP, VERSION, self.config.namespace, PLURAL,
+                field_selector=f"metadata.name={name}", resource_version=version,
+                timeout_seconds=max(1, int(min(remaining, 60))), _request_timeout=min(remaining, 60) + 5,
+            ):  # fmt: skip
+                changed = event.get("object") or {}
+                if event.get("type") == "ERROR":
+                    return None  # 410 Gone or similar: re-read, then watch from the new version
+                if (changed.get("metadata") or {}).get("name") != name:
+                    continue  # some servers ignore field selectors
+                if event.get("type") == "DELETED":
+                    return None
+                return changed
+        except k8s.client.exceptions.ApiException as e:
+            if e.status not in (410, 429) and e.status < 500:
+                raise
+        except retry.TRANSPORT_ERRORS:
+            pass  # the watch dropped: resume from a fresh read
+        finally:
+            watch.stop()
+        return None
+
+    def _address(self, obj: Mapping[str, Any]) -> str | None:
+        if self.config.access == "port_forward":
+            name = obj["metadata"]["name"]
+            if name not in self._forwards:
+                self._forwards[name] = PortForward(self._api_client, name, self.config.namespace)
+            return self._forwards[name].url
+        return dashboard_url(obj, self.config.access, self.config.url_template)
+
+    def _as_cluster(self, cluster: ManagedCluster, address: str) -> Cluster:
+        template = next((t for t in self.templates if t.name == cluster.template), None)
+        labels = {**(template.labels if template else {}), "managed": "true", "provisioner": self.name}
+        return Cluster(
+            name=cluster.name,
+            address=address,
+            labels=labels,
+            cost_per_cpu_hour=template.cost_per_cpu_hour if template else None,
+            cost_per_gpu_hour=template.cost_per_gpu_hour if template else None,
+        )
+
+    def delete(self, cluster: ManagedCluster) -> None:
+        """Delete the RayCluster, only if its labels say this fleet owns it. Deleting a missing one is fine."""
+        obj = self._call(f"read RayCluster {cluster.name}", self._get, cluster.name, cluster=cluster.name)
+        if obj is None:
+            return
+        if not self._owned(obj):
+            raise ProvisioningError(
+                f"RayCluster {cluster.name} is not owned by fleet {self.fleet}; rayfleet does not delete it",
+                "delete it yourself if it should go",
+                provisioner=self.name,
+                cluster=cluster.name,
+            )
+        forward = self._forwards.pop(cluster.name, None)
+        if forward is not None:
+            forward.close()
+        try:
+            self._call(f"delete RayCluster {cluster.name}", self._api.delete_namespaced_custom_object, GROUP,
+                       VERSION, self.config.namespace, PLURAL, cluster.name, cluster=cluster.name)  # fmt: skip
+        except ProvisioningError as e:
+            if e.status != 404:
+                raise
+
+    def owned(self) -> list[ManagedCluster]:
+        """The RayClusters of this fleet in the namespace (label selector, checked again here)."""
+        selector = f"{LABEL_MANAGED_BY}=rayfleet,{LABEL_FLEET}={self.fleet}"
+        listing = self._call("list RayClusters", self._api.list_namespaced_custom_object, GROUP, VERSION,
+                             self.config.namespace, PLURAL, label_selector=selector)  # fmt: skip
+        out = []
+        for obj in listing.get("items") or []:
+            if not self._owned(obj):
+                continue
+            meta = obj["metadata"]
+            created = meta.get("creationTimestamp")
+            at = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() if created else 0.0
+            out.append(ManagedCluster(meta["name"], self.name, (meta.get("labels") or {}).get(LABEL_TEMPLATE, ""),
+                                      self.config.namespace, at))  # fmt: skip
+        return out
+
+    def set_idle_deadline(self, cluster: ManagedCluster, deadline: float | None) -> None:
+        """Write (or clear) the idle deadline on the RayCluster, so any later `rayfleet gc` can act on it."""
+        value = None if deadline is None else datetime.fromtimestamp(deadline, timezone.utc).isoformat()
+        patch = {"metadata": {"annotations": {ANNOTATION_IDLE_DEADLINE: value}}}
+        self._call(f"annotate RayCluster {cluster.name}", self._api.patch_namespaced_custom_object, GROUP, VERSION,
+                   self.config.namespace, PLURAL, cluster.name, patch, cluster=cluster.name)  # fmt: skip
+
+    def close(self) -> None:
+        for forward in self._forwards.values():
+            forward.close()
+        self._forwards.clear()
+        self._api_client.close()
+
+
+class PortForward:
+    """A local port forwarded to a RayCluster's head pod dashboard (for laptops), via the Kubernetes API."""
+
+    def __init__(self, api_client: Any, cluster: str, namespace: str, remote_port: int = 8265) -> None:
+        self._k8s = _import_kubernetes()
+        self._core = self._k8s.client.CoreV1Api(api_client)
+        self.cluster, self.namespace, self.remote_port = cluster, namespace, remote_port
+        self._server = socket.socket()
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(16)
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self._closed = False
+        threading.Thread(target=self._accept, name=f"port-forward-{cluster}", daemon=True).start()
+
+    def head_pod(self) -> str:
+        pods = self._core.list_namespaced_pod(
+            self.namespace, label_selector=f"ray.io/cluster={self.cluster},ray.io/node-type=head"
+        )
+        if not pods.items:
+            raise ProvisioningError(f"no head pod for RayCluster {self.cluster}", "", provisioner="port-forward")
+        return pods.items[0].metadata.name
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                local, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._pipe, args=(local,), daemon=True).start()
+
+    def _pipe(self, local: socket.socket) -> None:
+        from kubernetes.stream import portforward
+
+        forward = portforward(self._core.connect_get_namespaced_pod_portforward, self.head_pod(), self.namespace,
+                              ports=str(self.remote_port))  # fmt: skip
+        remote = forward.socket(self.remote_port)
+
+        def copy(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    with contextlib.suppress(OSError):
+                        s.shutdown(socket.SHUT_RDWR)
+
+        threading.Thread(target=copy, args=(remote, local), daemon=True).start()
+        copy(local, remote)
+
+    def close(self) -> None:
+        self._closed = True
+        self._server.close()
