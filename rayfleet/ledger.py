@@ -61,6 +61,29 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER transitions_append_only_d BEFORE DELETE ON transitions
         BEGIN SELECT RAISE(ABORT, 'transitions are append-only'); END;
     """,
+    # 2: clusters created on demand, and the logs of jobs saved before their cluster is deleted
+    """
+    CREATE TABLE managed_clusters (
+        name         TEXT PRIMARY KEY,
+        provisioner  TEXT NOT NULL,
+        template     TEXT NOT NULL,
+        namespace    TEXT NOT NULL DEFAULT '',
+        state        TEXT NOT NULL,           -- CREATING, READY, DELETED, FAILED
+        address      TEXT,
+        labels       TEXT,                    -- JSON
+        idle_ttl_s   REAL NOT NULL,
+        created_at   REAL NOT NULL,
+        ready_at     REAL,
+        last_busy_at REAL,
+        ended_at     REAL,
+        detail       TEXT
+    );
+    CREATE TABLE saved_logs (
+        submission_id TEXT PRIMARY KEY REFERENCES attempts(submission_id),
+        saved_at      REAL NOT NULL,
+        logs          TEXT NOT NULL
+    );
+    """,
 ]
 
 
@@ -291,6 +314,55 @@ class Ledger:
             )
             return True
 
+    # ----- managed clusters and saved logs -------------------------------------------------------------------------
+
+    def add_managed(self, name: str, *, provisioner: str, template: str, namespace: str, idle_ttl_s: float) -> None:
+        """Record a cluster about to be created (CREATING): before the infrastructure is asked, so none is lost."""
+        with self._tx() as tx:
+            tx.execute(
+                "INSERT INTO managed_clusters (name, provisioner, template, namespace, state, idle_ttl_s, created_at) "
+                "VALUES (?, ?, ?, ?, 'CREATING', ?, ?)",
+                (name, provisioner, template, namespace, idle_ttl_s, time.time()),
+            )
+
+    def update_managed(self, name: str, **fields: Any) -> None:
+        """Change a managed cluster's state, address, labels, last_busy_at, ended_at or detail."""
+        allowed = {"state", "address", "labels", "ready_at", "last_busy_at", "ended_at", "detail"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise LedgerError(f"cannot update {sorted(unknown)} of a managed cluster", f"use {sorted(allowed)}")
+        if "labels" in fields:
+            fields["labels"] = _dump(fields["labels"])
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self._tx() as tx:
+            tx.execute(f"UPDATE managed_clusters SET {sets} WHERE name = ?", (*fields.values(), name))
+
+    def managed(self, *, live_only: bool = True) -> list[ManagedClusterRecord]:
+        """Managed clusters, oldest first; by default those not yet DELETED or FAILED."""
+        where = "WHERE state IN ('CREATING', 'READY')" if live_only else ""
+        with self._lock:
+            rows = self._conn.execute(f"SELECT * FROM managed_clusters {where} ORDER BY created_at").fetchall()
+        return [ManagedClusterRecord(*row[:6], _load_json(row[6]) or {}, *row[7:]) for row in rows]
+
+    def save_logs(self, submission_id: str, logs: str) -> None:
+        """Keep an attempt's final logs (its cluster is about to be deleted)."""
+        with self._tx() as tx:
+            tx.execute("INSERT OR REPLACE INTO saved_logs VALUES (?, ?, ?)", (submission_id, time.time(), logs))
+
+    def saved_logs(self, submission_id: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT logs FROM saved_logs WHERE submission_id = ?", (submission_id,)).fetchone()
+        return row[0] if row else None
+
+    def active_attempts(self, cluster: str) -> list[AttemptRecord]:
+        """Attempts on ``cluster`` whose state is not terminal."""
+        return [
+            a
+            for job in self._load("WHERE j.id IN (SELECT job_id FROM attempts WHERE cluster = ?)", (cluster,))
+            for a in job.attempts
+            if a.cluster == cluster and not a.state.is_terminal()
+        ]
+
     # ----- reads --------------------------------------------------------------------------------------------------
 
     def job(self, job_id: str) -> JobRecord:
@@ -346,6 +418,30 @@ class Ledger:
                 )
             )  # fmt: skip
         return out
+
+
+@dataclass(frozen=True)
+class ManagedClusterRecord:
+    """A cluster created on demand, as the ledger knows it."""
+
+    name: str
+    provisioner: str
+    template: str
+    namespace: str
+    state: str
+    address: str | None
+    labels: Mapping[str, str]
+    idle_ttl_s: float
+    created_at: float
+    ready_at: float | None
+    last_busy_at: float | None
+    ended_at: float | None
+    detail: str | None
+
+    @property
+    def idle_deadline(self) -> float | None:
+        """When it may be deleted if it stays idle (None while it has never been idle)."""
+        return None if self.last_busy_at is None else self.last_busy_at + self.idle_ttl_s
 
 
 def _dump(value: Any) -> str | None:

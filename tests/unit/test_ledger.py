@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rayfleet.errors import JobNotFoundError, LedgerError
-from rayfleet.ledger import LEDGER_ENV, Ledger, default_path
+from rayfleet.ledger import LEDGER_ENV, MIGRATIONS, Ledger, default_path
 from rayfleet.resources import Resources
 from rayfleet.states import JobState
 
@@ -264,8 +264,50 @@ def test_a_missing_directory_is_created_private(tmp_path):
         ledger.close()
 
 
-def test_schema_version_is_one(ledger):
-    assert ledger.schema_version == 1
+def test_a_new_ledger_has_every_migration(ledger):
+    assert ledger.schema_version == len(MIGRATIONS) == 2
+
+
+def test_a_ledger_of_schema_1_is_migrated_and_keeps_its_jobs(path):
+    conn = sqlite3.connect(path)
+    for statement in MIGRATIONS[0].split(";\n"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("INSERT INTO jobs VALUES ('old', 1.0, 'true', '{}', NULL, NULL, NULL)")
+    conn.execute("INSERT INTO transitions VALUES (NULL, 'old', NULL, 'QUEUED', 1.0, NULL)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+    ledger = Ledger(path)
+    try:
+        assert ledger.schema_version == 2
+        assert [(j.id, j.state) for j in ledger.jobs()] == [("old", S.QUEUED)]
+        ledger.add_managed("c1", provisioner="k", template="t", namespace="ml", idle_ttl_s=60)
+        assert [(c.name, c.state) for c in ledger.managed()] == [("c1", "CREATING")]
+    finally:
+        ledger.close()
+
+
+def test_managed_clusters_move_through_their_states_and_saved_logs_outlive_them(ledger):
+    add(ledger)
+    ledger.add_managed("c1", provisioner="k", template="t", namespace="ml", idle_ttl_s=60)
+    ledger.update_managed("c1", state="READY", address="http://127.0.0.1:1", labels={"managed": "true"}, ready_at=5.0)
+    ledger.update_managed("c1", last_busy_at=100.0)
+    [record] = ledger.managed()
+    assert (record.state, record.address, record.labels, record.idle_deadline) == (
+        "READY",
+        "http://127.0.0.1:1",
+        {"managed": "true"},
+        160.0,
+    )
+    ledger.save_logs("j1-1", "final words")
+    ledger.update_managed("c1", state="DELETED", ended_at=200.0)
+    assert ledger.managed() == []
+    assert [c.state for c in ledger.managed(live_only=False)] == ["DELETED"]
+    assert ledger.saved_logs("j1-1") == "final words"
+    with pytest.raises(LedgerError, match="cannot update"):
+        ledger.update_managed("c1", template="other")
 
 
 def test_a_second_ledger_on_the_same_file_sees_the_same_jobs(ledger, path):
@@ -274,7 +316,7 @@ def test_a_second_ledger_on_the_same_file_sees_the_same_jobs(ledger, path):
 
     other = Ledger(path)
     try:
-        assert other.schema_version == 1
+        assert other.schema_version == len(MIGRATIONS)
         assert [(j.id, j.state) for j in other.jobs()] == [("j1", S.RUNNING)]
         assert other.record("j1-1", S.SUCCEEDED) is True
         add(other, "j2", queued=True)
@@ -310,7 +352,7 @@ def test_a_ledger_with_a_newer_schema_is_refused(path):
 
     with pytest.raises(LedgerError) as info:
         Ledger(path)
-    assert "schema version 99, newer than this rayfleet knows (1)" in str(info.value)
+    assert "schema version 99, newer than this rayfleet knows (2)" in str(info.value)
     assert "To fix: upgrade rayfleet" in str(info.value)
 
 
