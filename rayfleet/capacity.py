@@ -246,7 +246,22 @@ class Prober:
         self._health = {name: _Health() for name in self.clusters}
         self._sessions: dict[str, requests.Session] = {}
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(32, len(self.clusters))), thread_name_prefix="probe")
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="probe")  # threads start on demand
+
+    def add(self, cluster: Cluster) -> None:
+        """Probe one more cluster from now on (a cluster created on demand)."""
+        with self._lock:
+            self.clusters[cluster.name] = cluster
+            self._health.setdefault(cluster.name, _Health())
+
+    def remove(self, name: str) -> None:
+        """Stop probing a cluster (deleted)."""
+        with self._lock:
+            self.clusters.pop(name, None)
+            self._health.pop(name, None)
+            session = self._sessions.pop(name, None)
+        if session is not None:
+            session.close()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -363,8 +363,13 @@ def local_status(name: NameOpt = "default") -> None:
     for column in ("cluster", "address", "pid", "process", "dashboard"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["name"], row["address"], str(row["pid"]), "up" if row["alive"] else "[red]gone[/]",
-                      "answers" if row["answering"] else "[red]silent[/]")  # fmt: skip
+        table.add_row(
+            row["name"],
+            row["address"],
+            str(row["pid"]),
+            "up" if row["alive"] else "[red]gone[/]",
+            "answers" if row["answering"] else "[red]silent[/]",
+        )
     out.print(table)
 
 

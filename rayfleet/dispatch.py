@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import logging
@@ -10,23 +11,28 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rayfleet.backends.ray_jobs import RayJobs
 from rayfleet.capacity import ClusterSnapshot, Prober
-from rayfleet.config import FLEET_ENV, FleetConfig
+from rayfleet.config import FLEET_ENV, Cluster, FleetConfig
 from rayfleet.errors import (
     ClusterError,
     ClusterUnreachableError,
     InvalidRequestError,
     JobNotFoundError,
     NoCapacityError,
+    ProvisioningError,
+    RayfleetError,
     UnknownClusterError,
 )
-from rayfleet.ledger import JobRecord, Ledger
+from rayfleet.ledger import JobRecord, Ledger, ManagedClusterRecord
 from rayfleet.placement import Decision, Hold, PlacementRequest, place
+from rayfleet.placement.provision import Creation, Headroom, ProvisionerState, creations, headroom
+from rayfleet.provisioning.base import ManagedCluster
+from rayfleet.provisioning.templates import ClusterTemplate
 from rayfleet.resources import Resources
 from rayfleet.states import JobState
 
@@ -37,6 +43,16 @@ METADATA_PREFIX = "rayfleet."
 # A hold is dropped once the cluster's own report was computed this long after the placement: by then the job's
 # supervisor holds its resources (or waits as pending demand), so the report shows it.
 HOLD_REFLECT_S = 3.0
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where one attempt goes: a cluster, and the node and GPU model placement chose (if it chose one)."""
+
+    cluster: str
+    node_id: str | None
+    accelerator: str | None
+    detail: str | None
 
 
 @dataclass(frozen=True)
@@ -64,9 +80,13 @@ class Dispatcher:
         ledger: where jobs are recorded.
     """
 
-    def __init__(self, config: FleetConfig, ledger: Ledger) -> None:
+    def __init__(self, config: FleetConfig, ledger: Ledger, provisioners: Sequence[Any] = ()) -> None:
         self.config = config
         self.ledger = ledger
+        self._provisioners: dict[str, Any] = {p.name: p for p in provisioners}
+        self._clusters: dict[str, Cluster] = {c.name: c for c in config.clusters}
+        self._managed: dict[str, ManagedClusterRecord] = {}
+        self._annotated: dict[str, float] = {}
         self.prober = Prober(
             config.clusters,
             ttl=config.probe_ttl_s,
@@ -77,9 +97,26 @@ class Dispatcher:
         self._holds: list[Hold] = []
         self._lock = threading.Lock()
         self._warned: set[str] = set()
+        for record in ledger.managed():  # clusters created earlier, by this process or another
+            if record.state == "READY" and record.address and record.provisioner in self._provisioners:
+                cluster = Cluster(name=record.name, address=record.address, labels=dict(record.labels))
+                self._join(cluster, record)
+
+    @property
+    def clusters(self) -> list[Cluster]:
+        """The fleet's clusters now: the configured ones and the managed ones that are ready."""
+        return list(self._clusters.values())
+
+    @property
+    def managed(self) -> dict[str, ManagedClusterRecord]:
+        return dict(self._managed)
 
     def close(self) -> None:
         self.prober.close()
+        for provisioner in self._provisioners.values():
+            close = getattr(provisioner, "close", None)
+            if close is not None:
+                close()
 
     # ----- validation ---------------------------------------------------------------------------------------------
 
@@ -100,8 +137,8 @@ class Dispatcher:
                 "the entrypoint is empty", "give the shell command to run, e.g. 'python train.py'"
             )
         res = Resources.of(resources)
-        if cluster is not None and self.config.cluster(cluster) is None:
-            names = ", ".join(c.name for c in self.config.clusters)
+        if cluster is not None and cluster not in self._clusters:
+            names = ", ".join(self._clusters)
             raise UnknownClusterError(f"no cluster named {cluster!r} in the fleet", f"pin to one of: {names}")
         if runtime_env is not None and not isinstance(runtime_env, Mapping):
             raise InvalidRequestError(
@@ -136,7 +173,7 @@ class Dispatcher:
     def _decide(self, sub: Submission, exclude: frozenset[str]) -> tuple[Decision, dict[str, ClusterSnapshot]]:
         names = [sub.cluster] if sub.cluster else None
         snapshots = self.snapshots(names)
-        decision = place(sub.request(exclude), self.config.clusters, snapshots, self._live_holds(snapshots))
+        decision = place(sub.request(exclude), self.clusters, snapshots, self._live_holds(snapshots))
         return decision, snapshots
 
     def _live_holds(self, snapshots: Mapping[str, ClusterSnapshot]) -> list[Hold]:
@@ -196,74 +233,272 @@ class Dispatcher:
         The ledger records the chosen cluster before the submission leaves, under a submission id made here, so a
         retry (or a process that restarts) can tell whether Ray has it: "already exists" means it does. A
         submission that provably did not reach its cluster is marked FAILED and the next-best cluster is tried.
+        When nothing fits now, a managed autoscaling cluster's headroom is used, else a cluster is created.
         """
         job_id = f"rf-{uuid.uuid4().hex[:12]}"
         history: list[tuple[str, str]] = []
         exclude: frozenset[str] = frozenset()
-        for n in range(1, len(self.config.clusters) + 1):
+        for n in range(1, len(self._clusters) + 2 * len(self._provisioners) + 2):
             decision, snapshots = self._decide(sub, exclude)
             chosen = decision.chosen
-            if chosen is None:
+            if chosen is not None:
+                target = _Target(
+                    chosen.cluster,
+                    chosen.node_id,
+                    chosen.accelerator,
+                    f"policy {sub.policy}, score {chosen.score[1]:.3f}" if chosen.score else None,
+                )
+            else:
+                target = self._on_demand(sub, snapshots, exclude, history)
+            if target is None:
                 if n > 1:  # the job is in the ledger already: its attempts say what happened
                     self.ledger.record_job(job_id, JobState.FAILED, "no cluster could take it")
                 raise self._no_capacity(sub, decision, history)
-            submission_id = f"{job_id}-{n}"
-            attempt = {
-                "submission_id": submission_id,
-                "n": n,
-                "cluster": chosen.cluster,
-                "node_id": chosen.node_id,
-                "accelerator": chosen.accelerator,
-                "detail": f"policy {sub.policy}, score {chosen.score[1]:.3f}" if chosen.score else None,
+            if self._submit_attempt(sub, job_id, n, target, snapshots.get(target.cluster), history):
+                return job_id
+            exclude |= {target.cluster}
+        raise AssertionError("unreachable")  # pragma: no cover - every turn excludes a cluster
+
+    def _submit_attempt(
+        self,
+        sub: Submission,
+        job_id: str,
+        n: int,
+        target: _Target,
+        snapshot: ClusterSnapshot | None,
+        history: list[tuple[str, str]],
+    ) -> bool:
+        """Record attempt ``n`` on ``target``, then submit it. False when it provably did not reach the cluster."""
+        submission_id = f"{job_id}-{n}"
+        attempt = {
+            "submission_id": submission_id,
+            "n": n,
+            "cluster": target.cluster,
+            "node_id": target.node_id,
+            "accelerator": target.accelerator,
+            "detail": target.detail,
+        }
+        if n == 1:
+            request = {
+                "resources": sub.resources.model_dump(mode="json"),
+                "labels": dict(sub.labels),
+                "cluster": sub.cluster,
+                "policy": sub.policy,
             }
-            if n == 1:
-                self.ledger.add_job(
-                    job_id,
-                    entrypoint=sub.entrypoint,
-                    request={
-                        "resources": sub.resources.model_dump(mode="json"),
-                        "labels": dict(sub.labels),
-                        "cluster": sub.cluster,
-                        "policy": sub.policy,
-                    },
-                    runtime_env=sub.runtime_env,
-                    metadata=sub.metadata,
-                    parent_id=sub.parent_id,
-                    attempt=attempt,
-                )
-            else:
-                self.ledger.add_attempt(job_id, attempt)
+            self.ledger.add_job(
+                job_id,
+                entrypoint=sub.entrypoint,
+                request=request,
+                runtime_env=sub.runtime_env,
+                metadata=sub.metadata,
+                parent_id=sub.parent_id,
+                attempt=attempt,
+            )
+        else:
+            self.ledger.add_attempt(job_id, attempt)
+        if snapshot is not None and snapshot.healthy:
             with self._lock:
-                self._holds.append(
-                    Hold.on(
-                        snapshots[chosen.cluster], chosen.node_id, sub.resources.to_ray(chosen.accelerator), time.time()
-                    )
-                )
-            try:
-                self._backends[chosen.cluster].submit(
-                    submission_id,
-                    sub.entrypoint,
-                    runtime_env=self._runtime_env(sub, job_id),
-                    metadata=self._metadata(sub, job_id, n),
-                    entrypoint_kwargs=sub.resources.entrypoint_kwargs(chosen.accelerator),
-                )
-            except ClusterUnreachableError as e:
-                self._drop_hold(chosen.cluster)
-                if not self._provably_absent(chosen.cluster, submission_id):
-                    self.ledger.record(submission_id, JobState.UNKNOWN, e.message)
-                    raise
-                self.ledger.record(submission_id, JobState.FAILED, f"not submitted: {e.message}")
-                self.prober.invalidate(chosen.cluster)
-                history.append((chosen.cluster, e.message))
-                exclude |= {chosen.cluster}
-                continue
-            except ClusterError as e:
-                self._drop_hold(chosen.cluster)
-                self.ledger.record(submission_id, JobState.FAILED, f"refused: {e.message}")
+                resources = sub.resources.to_ray(target.accelerator)
+                self._holds.append(Hold.on(snapshot, target.node_id, resources, time.time()))
+        try:
+            self._backends[target.cluster].submit(
+                submission_id,
+                sub.entrypoint,
+                runtime_env=self._runtime_env(sub, job_id),
+                metadata=self._metadata(sub, job_id, n),
+                entrypoint_kwargs=sub.resources.entrypoint_kwargs(target.accelerator),
+            )
+        except ClusterUnreachableError as e:
+            self._drop_hold(target.cluster)
+            if not self._provably_absent(target.cluster, submission_id):
+                self.ledger.record(submission_id, JobState.UNKNOWN, e.message)
                 raise
-            self.ledger.record(submission_id, JobState.SUBMITTED)
-            return job_id
-        raise AssertionError("unreachable")  # pragma: no cover - the loop excludes one cluster per turn
+            self.ledger.record(submission_id, JobState.FAILED, f"not submitted: {e.message}")
+            self.prober.invalidate(target.cluster)
+            history.append((target.cluster, e.message))
+            return False
+        except ClusterError as e:
+            self._drop_hold(target.cluster)
+            self.ledger.record(submission_id, JobState.FAILED, f"refused: {e.message}")
+            raise
+        self.ledger.record(submission_id, JobState.SUBMITTED)
+        if target.cluster in self._managed:
+            self.ledger.update_managed(target.cluster, last_busy_at=time.time())
+        return True
+
+    # ----- clusters on demand -------------------------------------------------------------------------------------
+
+    def _managed_templates(self, exclude: frozenset[str] = frozenset()) -> dict[str, ClusterTemplate]:
+        out = {}
+        for name, record in self._managed.items():
+            provisioner = self._provisioners.get(record.provisioner)
+            template = (
+                next((t for t in provisioner.templates if t.name == record.template), None) if provisioner else None
+            )
+            if template is not None and name not in exclude:
+                out[name] = template
+        return out
+
+    def provision_plan(
+        self, sub: Submission, snapshots: Mapping[str, ClusterSnapshot], exclude: frozenset[str] = frozenset()
+    ) -> tuple[list[Headroom], list[Creation]]:
+        """What could take the request if nothing fits now: headroom on managed clusters, then new clusters."""
+        if sub.cluster is not None or not self._provisioners:
+            return [], []
+        managed = self._managed_templates(exclude)
+        room = [
+            h
+            for h in headroom(sub.resources, managed, snapshots)
+            if all(self._clusters[h.cluster].labels.get(k) == v for k, v in sub.labels.items())
+        ]
+        states = []
+        for provisioner in self._provisioners.values():
+            mine = [t for n, t in managed.items() if self._managed[n].provisioner == provisioner.name]
+            states.append(
+                ProvisionerState(
+                    provisioner.name,
+                    provisioner.templates,
+                    provisioner.max_clusters,
+                    provisioner.max_gpus,
+                    len(mine),
+                    sum(t.total_gpus() for t in mine),
+                )
+            )
+        made = [
+            c
+            if all(
+                _template(self._provisioners[c.provisioner], c.template).labels.get(k) == v
+                for k, v in sub.labels.items()
+            )
+            else Creation(c.provisioner, c.template, False, "its labels do not match the job's")
+            for c in creations(sub.resources, states)
+        ]
+        return room, sorted(made, key=lambda c: (not c.fits, c.price, c.workers, c.provisioner, c.template))
+
+    def _on_demand(
+        self,
+        sub: Submission,
+        snapshots: Mapping[str, ClusterSnapshot],
+        exclude: frozenset[str],
+        history: list[tuple[str, str]],
+    ) -> _Target | None:
+        room, made = self.provision_plan(sub, snapshots, exclude)
+        for option in room:
+            if option.fits:
+                return _Target(option.cluster, None, option.accelerator, f"autoscaler headroom: {option.reason}")
+        for creation in made:
+            if not creation.fits:
+                continue
+            try:
+                cluster = self._create(creation)
+            except ProvisioningError as e:
+                history.append((f"{creation.provisioner}/{creation.template}", e.message))
+                continue
+            return _Target(
+                cluster.name,
+                None,
+                creation.accelerator,
+                f"new cluster from template {creation.template}: {creation.reason}",
+            )
+        return None
+
+    def _create(self, creation: Creation) -> Cluster:
+        """Create a cluster, recorded in the ledger first; wait until ready; on any failure delete it. Never leak."""
+        provisioner = self._provisioners[creation.provisioner]
+        template = _template(provisioner, creation.template)
+        for _ in range(3):
+            name = provisioner.new_name(template)
+            self.ledger.add_managed(
+                name,
+                provisioner=provisioner.name,
+                template=template.name,
+                namespace=provisioner.namespace,
+                idle_ttl_s=template.idle_ttl_s,
+            )
+            managed = ManagedCluster(name, provisioner.name, template.name, provisioner.namespace, time.time())
+            try:
+                provisioner.create(template, name)
+                cluster = provisioner.wait_ready(managed, template.ready_timeout_s)
+            except ProvisioningError as e:
+                self.ledger.update_managed(name, state="FAILED", ended_at=time.time(), detail=e.message)
+                if e.status == 409:
+                    continue  # the name belongs to someone else: take another
+                with contextlib.suppress(ProvisioningError):
+                    provisioner.delete(managed)
+                raise
+            now = time.time()
+            self.ledger.update_managed(
+                name, state="READY", address=cluster.address, labels=cluster.labels, ready_at=now, last_busy_at=now
+            )
+            self._join(cluster, self.ledger.managed_record(name))
+            log.info("created cluster %s from template %s of %s", name, template.name, provisioner.name)
+            return cluster
+        raise ProvisioningError("three cluster names in a row were taken", "retry", provisioner=provisioner.name)
+
+    def _join(self, cluster: Cluster, record: ManagedClusterRecord | None) -> None:
+        self._clusters[cluster.name] = cluster
+        self._backends[cluster.name] = RayJobs(cluster)
+        self.prober.add(cluster)
+        if record is not None:
+            self._managed[cluster.name] = record
+
+    def _leave(self, name: str) -> None:
+        self._clusters.pop(name, None)
+        self._backends.pop(name, None)
+        self._managed.pop(name, None)
+        self.prober.remove(name)
+
+    def tick(self) -> list[str]:
+        """One turn of the lifecycle duties: follow jobs on managed clusters and delete those idle past their TTL.
+
+        Returns:
+            The names of the clusters deleted in this turn.
+        """
+        deleted = []
+        now = time.time()
+        for name in list(self._managed):
+            for attempt in self.ledger.active_attempts(name):
+                self.refresh(attempt.job_id)
+            if self.ledger.active_attempts(name):
+                self.ledger.update_managed(name, last_busy_at=now)
+                continue
+            current = self.ledger.managed_record(name)
+            if current is None or current.state != "READY":
+                continue
+            self._managed[name] = current
+            deadline = current.idle_deadline
+            provisioner = self._provisioners.get(current.provisioner)
+            if deadline is not None and now >= deadline and provisioner is not None:
+                self.retire(name)
+                deleted.append(name)
+            elif deadline is not None and provisioner is not None and self._annotated.get(name) != deadline:
+                with contextlib.suppress(ProvisioningError):
+                    provisioner.set_idle_deadline(
+                        ManagedCluster(name, current.provisioner, current.template, current.namespace), deadline
+                    )
+                    self._annotated[name] = deadline
+        return deleted
+
+    def retire(self, name: str) -> None:
+        """Save the logs of the cluster's jobs, delete it, and forget it."""
+        record = self._managed.get(name) or self.ledger.managed_record(name)
+        if record is None:
+            raise UnknownClusterError(f"{name} is not a managed cluster", "see 'rayfleet clusters'")
+        backend = self._backends.get(name)
+        for job in self.ledger.jobs_on(name):
+            for attempt in job.attempts:
+                if (
+                    attempt.cluster == name
+                    and backend is not None
+                    and self.ledger.saved_logs(attempt.submission_id) is None
+                ):
+                    with contextlib.suppress(RayfleetError):
+                        self.ledger.save_logs(attempt.submission_id, backend.logs(attempt.submission_id))
+        provisioner = self._provisioners[record.provisioner]
+        provisioner.delete(ManagedCluster(name, record.provisioner, record.template, record.namespace))
+        self.ledger.update_managed(name, state="DELETED", ended_at=time.time())
+        self._leave(name)
+        log.info("deleted idle cluster %s", name)
 
     def _drop_hold(self, cluster: str) -> None:
         with self._lock:
@@ -349,6 +584,10 @@ class Dispatcher:
         return self._backends[attempt.cluster], attempt.submission_id
 
     def logs(self, job_id: str) -> str:
+        """The newest attempt's output: from its cluster, or as saved when its managed cluster was deleted."""
+        attempt = self.ledger.job(job_id).last_attempt
+        if attempt is not None and (saved := self.ledger.saved_logs(attempt.submission_id)) is not None:
+            return saved
         backend, sid = self._attempt(job_id)
         return backend.logs(sid)
 
@@ -373,6 +612,10 @@ class Dispatcher:
                 "versions, but runtime_env features may differ. Align the versions to be safe.",
                 stacklevel=2,
             )
+
+
+def _template(provisioner: Any, name: str) -> ClusterTemplate:
+    return next(t for t in provisioner.templates if t.name == name)
 
 
 def _local_ray_version() -> str | None:

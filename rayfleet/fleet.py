@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rayfleet.capacity import ClusterSnapshot
 from rayfleet.config import Cluster, FleetConfig
 from rayfleet.dispatch import Dispatcher
-from rayfleet.errors import ConfigError
+from rayfleet.errors import ConfigError, RayfleetError
 from rayfleet.jobs import JobHandle
 from rayfleet.ledger import Ledger
 from rayfleet.placement import Decision
 from rayfleet.resources import Resources
+
+log = logging.getLogger(__name__)
+
+
+def _provisioner_from(config: Any, fleet: str) -> Any:
+    from rayfleet.provisioning.kuberay import KubeRayProvisioner
+
+    return KubeRayProvisioner(config, fleet=fleet)
 
 
 class Fleet:
@@ -39,6 +49,7 @@ class Fleet:
         config: FleetConfig | None = None,
         ledger: str | os.PathLike[str] | Ledger | None = None,
         policy: str | None = None,
+        provisioners: Sequence[Any] | None = None,
         **settings: Any,
     ) -> None:
         if config is None:
@@ -50,7 +61,11 @@ class Fleet:
             config = FleetConfig.build(**{**config.model_dump(), **settings, **({"policy": policy} if policy else {})})
         self.config = config
         self.ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger or config.ledger)
-        self._dispatcher = Dispatcher(config, self.ledger)
+        if provisioners is None:
+            provisioners = [_provisioner_from(p, config.name) for p in config.provisioners]
+        self._dispatcher = Dispatcher(config, self.ledger, provisioners)
+        self._loop: threading.Thread | None = None
+        self._stop = threading.Event()
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> Fleet:
@@ -75,11 +90,43 @@ class Fleet:
         self.close()
 
     def close(self) -> None:
+        self._stop.set()
+        if self._loop is not None:
+            self._loop.join(timeout=30)
         self._dispatcher.close()
 
     @property
     def clusters(self) -> list[Cluster]:
-        return list(self.config.clusters)
+        """The clusters jobs can go to now: configured ones, and managed ones that are ready."""
+        return self._dispatcher.clusters
+
+    @property
+    def managed(self) -> dict[str, Any]:
+        """The clusters this fleet created on demand and has not deleted, with their idle deadlines."""
+        return self._dispatcher.managed
+
+    def run(self, interval: float = 5.0, *, background: bool = True) -> None:
+        """Run the lifecycle duties (follow jobs on managed clusters, delete those idle past their TTL) every
+        ``interval`` seconds: on a background thread until `close`, or in this thread (``background=False``)."""
+        if background:
+            if self._loop is None or not self._loop.is_alive():
+                self._stop.clear()
+                self._loop = threading.Thread(target=self._run, args=(interval,), name="rayfleet-dispatch", daemon=True)
+                self._loop.start()
+            return
+        self._run(interval)
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.is_set():
+            try:
+                self._dispatcher.tick()
+            except RayfleetError as e:  # keep going: the next turn may succeed
+                log.warning("dispatcher turn failed: %s", e)
+            self._stop.wait(interval)
+
+    def tick(self) -> list[str]:
+        """One turn of the lifecycle duties; returns the clusters deleted."""
+        return self._dispatcher.tick()
 
     def submit(
         self,
@@ -116,10 +163,22 @@ class Fleet:
             ClusterError: the chosen cluster refused the job.
         """
         sub = self._dispatcher.validate(
-            entrypoint, resources, runtime_env=runtime_env, labels=labels, cluster=cluster, policy=policy,
+            entrypoint,
+            resources,
+            runtime_env=runtime_env,
+            labels=labels,
+            cluster=cluster,
+            policy=policy,
             metadata=metadata,
-        )  # fmt: skip
+        )
         return JobHandle(self._dispatcher, self._dispatcher.submit(sub))
+
+    def plan(
+        self, resources: Resources | Mapping[str, Any] | None = None, *, labels: Mapping[str, str] | None = None
+    ) -> tuple[list[Any], list[Any]]:
+        """If nothing fits now: the autoscaler headroom and the new clusters that could take the request, best first."""
+        sub = self._dispatcher.validate("plan", resources, labels=labels)
+        return self._dispatcher.provision_plan(sub, self._dispatcher.snapshots())
 
     def explain(
         self,

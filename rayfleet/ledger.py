@@ -344,6 +344,14 @@ class Ledger:
             rows = self._conn.execute(f"SELECT * FROM managed_clusters {where} ORDER BY created_at").fetchall()
         return [ManagedClusterRecord(*row[:6], _load_json(row[6]) or {}, *row[7:]) for row in rows]
 
+    def managed_record(self, name: str) -> ManagedClusterRecord | None:
+        """One managed cluster, whatever its state."""
+        return next((c for c in self.managed(live_only=False) if c.name == name), None)
+
+    def jobs_on(self, cluster: str) -> list[JobRecord]:
+        """Jobs with an attempt on ``cluster``."""
+        return self._load("WHERE j.id IN (SELECT job_id FROM attempts WHERE cluster = ?)", (cluster,))
+
     def save_logs(self, submission_id: str, logs: str) -> None:
         """Keep an attempt's final logs (its cluster is about to be deleted)."""
         with self._tx() as tx:
@@ -358,7 +366,7 @@ class Ledger:
         """Attempts on ``cluster`` whose state is not terminal."""
         return [
             a
-            for job in self._load("WHERE j.id IN (SELECT job_id FROM attempts WHERE cluster = ?)", (cluster,))
+            for job in self.jobs_on(cluster)
             for a in job.attempts
             if a.cluster == cluster and not a.state.is_terminal()
         ]
@@ -413,10 +421,18 @@ class Ledger:
             state, _, detail = (job_state or "QUEUED|").partition("|")
             out.append(
                 JobRecord(
-                    jid, created, entrypoint, json.loads(request), _load_json(runtime_env), _load_json(metadata),
-                    parent, tuple(attempts[jid]), JobState(state), detail or None,
+                    jid,
+                    created,
+                    entrypoint,
+                    json.loads(request),
+                    _load_json(runtime_env),
+                    _load_json(metadata),
+                    parent,
+                    tuple(attempts[jid]),
+                    JobState(state),
+                    detail or None,
                 )
-            )  # fmt: skip
+            )
         return out
 
 

@@ -58,9 +58,15 @@ def _import_client() -> Any:
 
         def _do_request(self, method: str, endpoint: str, *, data: Any = None, json_data: Any = None, **kwargs: Any):
             response = self._session.request(
-                method, self._address + endpoint, cookies=self._cookies, data=data, json=json_data,
-                headers=self._headers, verify=self._verify, **kwargs,
-            )  # fmt: skip
+                method,
+                self._address + endpoint,
+                cookies=self._cookies,
+                data=data,
+                json=json_data,
+                headers=self._headers,
+                verify=self._verify,
+                **kwargs,
+            )
             formatted = dashboard_sdk.format_authentication_http_error(response.status_code, response.text)
             if formatted:
                 raise dashboard_sdk.AuthenticationError(formatted)
@@ -196,8 +202,9 @@ class RayJobs:
             )
         status = _status_of(text)
         if "already exists" in text:
-            return DuplicateSubmissionError(f"{job} already exists on {name}", "use a new submission id", cluster=name,
-                                            status=status)  # fmt: skip
+            return DuplicateSubmissionError(
+                f"{job} already exists on {name}", "use a new submission id", cluster=name, status=status
+            )
         if job is not None and (status == 404 or "does not exist" in text or "not found" in text.lower()):
             return JobNotFoundError(f"job {job} does not exist on cluster {name}", "list jobs with 'rayfleet jobs'")
         first = text.strip().splitlines()[0] if text.strip() else type(error).__name__

@@ -38,8 +38,18 @@ class Provisioner(Protocol):
     max_clusters: int
     max_gpus: int
 
-    def create(self, template: ClusterTemplate) -> ManagedCluster:
-        """Start creating a cluster; return at once (it is not ready yet)."""
+    namespace: str
+
+    def new_name(self, template: ClusterTemplate) -> str:
+        """A fresh, valid name for a cluster of ``template`` (recorded in the ledger before creation)."""
+        ...
+
+    def create(self, template: ClusterTemplate, name: str) -> ManagedCluster:
+        """Start creating cluster ``name``; return at once (it is not ready yet). A name clash raises with 409."""
+        ...
+
+    def set_idle_deadline(self, cluster: ManagedCluster, deadline: float | None) -> None:
+        """Record on the cluster itself when it may be deleted if idle, so a later `rayfleet gc` can act."""
         ...
 
     def wait_ready(self, cluster: ManagedCluster, timeout: float) -> Cluster:

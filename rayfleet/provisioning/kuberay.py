@@ -204,25 +204,42 @@ class KubeRayProvisioner:
 
     # ----- the protocol ---------------------------------------------------------------------------------------------
 
-    def create(self, template: ClusterTemplate) -> ManagedCluster:
-        """Create a RayCluster from ``template``; a name clash (409) with a cluster we own reuses it."""
-        name = f"rf-{label_value(template.name)[:40]}-{uuid.uuid4().hex[:6]}".lower()
-        for _ in range(3):
-            manifest = render(template, name=name, namespace=self.config.namespace, fleet=self.fleet,
-                              created_by=creator(), extra_labels=self.config.labels)  # fmt: skip
-            try:
-                self._call(f"create RayCluster {name}", self._create, manifest, cluster=name)
-            except ProvisioningError as e:
-                if e.status != 409:
-                    raise
-                existing = self._call(f"read RayCluster {name}", self._get, name, cluster=name)
-                if not self._owned(existing):
-                    name = f"rf-{label_value(template.name)[:40]}-{uuid.uuid4().hex[:6]}".lower()
-                    continue  # someone else's: take a new name
-            return ManagedCluster(name, self.name, template.name, self.config.namespace, time.time())
-        raise ProvisioningError(
-            "three RayCluster names in a row were taken", "retry later", provisioner=self.name, cluster=name
+    @property
+    def namespace(self) -> str:
+        return self.config.namespace
+
+    def new_name(self, template: ClusterTemplate) -> str:
+        """A fresh RayCluster name for ``template``: ``rf-<template>-<6 hex>``."""
+        return f"rf-{label_value(template.name)[:40]}-{uuid.uuid4().hex[:6]}".lower()
+
+    def create(self, template: ClusterTemplate, name: str) -> ManagedCluster:
+        """Create RayCluster ``name`` from ``template``.
+
+        A 409 for a RayCluster this fleet owns (a retry after a lost answer) reuses it; a 409 for anyone else's
+        raises `ProvisioningError` with status 409, and the caller takes another name.
+        """
+        manifest = render(
+            template,
+            name=name,
+            namespace=self.config.namespace,
+            fleet=self.fleet,
+            created_by=creator(),
+            extra_labels=self.config.labels,
         )
+        try:
+            self._call(f"create RayCluster {name}", self._create, manifest, cluster=name)
+        except ProvisioningError as e:
+            if e.status != 409:
+                raise
+            if not self._owned(self._call(f"read RayCluster {name}", self._get, name, cluster=name)):
+                raise ProvisioningError(
+                    f"RayCluster {name} exists and is not this fleet's",
+                    "take another name",
+                    provisioner=self.name,
+                    cluster=name,
+                    status=409,
+                ) from None
+        return ManagedCluster(name, self.name, template.name, self.config.namespace, time.time())
 
     def _create(self, manifest: dict[str, Any]) -> Any:
         return self._api.create_namespaced_custom_object(GROUP, VERSION, self.config.namespace, PLURAL, manifest)
@@ -233,8 +250,12 @@ class KubeRayProvisioner:
         obj = self._call(f"read RayCluster {cluster.name}", self._get, cluster.name, cluster=cluster.name)
         while True:
             if obj is None:
-                raise ProvisioningError(f"RayCluster {cluster.name} was deleted while starting", "",
-                                        provisioner=self.name, cluster=cluster.name)  # fmt: skip
+                raise ProvisioningError(
+                    f"RayCluster {cluster.name} was deleted while starting",
+                    "",
+                    provisioner=self.name,
+                    cluster=cluster.name,
+                )
             if (why := failure(obj)) is not None:
                 raise ProvisioningError(
                     f"RayCluster {cluster.name} failed: {why}",
@@ -263,10 +284,16 @@ class KubeRayProvisioner:
         watch = k8s.watch.Watch()
         try:
             for event in watch.stream(
-                self._api.list_namespaced_custom_object, GROUP, VERSION, self.config.namespace, PLURAL,
-                field_selector=f"metadata.name={name}", resource_version=version,
-                timeout_seconds=max(1, int(min(remaining, 60))), _request_timeout=min(remaining, 60) + 5,
-            ):  # fmt: skip
+                self._api.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                self.config.namespace,
+                PLURAL,
+                field_selector=f"metadata.name={name}",
+                resource_version=version,
+                timeout_seconds=max(1, int(min(remaining, 60))),
+                _request_timeout=min(remaining, 60) + 5,
+            ):
                 changed = event.get("object") or {}
                 if event.get("type") == "ERROR":
                     return None  # 410 Gone or similar: re-read, then watch from the new version
@@ -319,8 +346,16 @@ class KubeRayProvisioner:
         if forward is not None:
             forward.close()
         try:
-            self._call(f"delete RayCluster {cluster.name}", self._api.delete_namespaced_custom_object, GROUP,
-                       VERSION, self.config.namespace, PLURAL, cluster.name, cluster=cluster.name)  # fmt: skip
+            self._call(
+                f"delete RayCluster {cluster.name}",
+                self._api.delete_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                self.config.namespace,
+                PLURAL,
+                cluster.name,
+                cluster=cluster.name,
+            )
         except ProvisioningError as e:
             if e.status != 404:
                 raise
@@ -328,8 +363,15 @@ class KubeRayProvisioner:
     def owned(self) -> list[ManagedCluster]:
         """The RayClusters of this fleet in the namespace (label selector, checked again here)."""
         selector = f"{LABEL_MANAGED_BY}=rayfleet,{LABEL_FLEET}={self.fleet}"
-        listing = self._call("list RayClusters", self._api.list_namespaced_custom_object, GROUP, VERSION,
-                             self.config.namespace, PLURAL, label_selector=selector)  # fmt: skip
+        listing = self._call(
+            "list RayClusters",
+            self._api.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            self.config.namespace,
+            PLURAL,
+            label_selector=selector,
+        )
         out = []
         for obj in listing.get("items") or []:
             if not self._owned(obj):
@@ -337,16 +379,32 @@ class KubeRayProvisioner:
             meta = obj["metadata"]
             created = meta.get("creationTimestamp")
             at = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() if created else 0.0
-            out.append(ManagedCluster(meta["name"], self.name, (meta.get("labels") or {}).get(LABEL_TEMPLATE, ""),
-                                      self.config.namespace, at))  # fmt: skip
+            out.append(
+                ManagedCluster(
+                    meta["name"],
+                    self.name,
+                    (meta.get("labels") or {}).get(LABEL_TEMPLATE, ""),
+                    self.config.namespace,
+                    at,
+                )
+            )
         return out
 
     def set_idle_deadline(self, cluster: ManagedCluster, deadline: float | None) -> None:
         """Write (or clear) the idle deadline on the RayCluster, so any later `rayfleet gc` can act on it."""
         value = None if deadline is None else datetime.fromtimestamp(deadline, timezone.utc).isoformat()
         patch = {"metadata": {"annotations": {ANNOTATION_IDLE_DEADLINE: value}}}
-        self._call(f"annotate RayCluster {cluster.name}", self._api.patch_namespaced_custom_object, GROUP, VERSION,
-                   self.config.namespace, PLURAL, cluster.name, patch, cluster=cluster.name)  # fmt: skip
+        self._call(
+            f"annotate RayCluster {cluster.name}",
+            self._api.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            self.config.namespace,
+            PLURAL,
+            cluster.name,
+            patch,
+            cluster=cluster.name,
+        )
 
     def close(self) -> None:
         for forward in self._forwards.values():
@@ -388,8 +446,12 @@ class PortForward:
     def _pipe(self, local: socket.socket) -> None:
         from kubernetes.stream import portforward
 
-        forward = portforward(self._core.connect_get_namespaced_pod_portforward, self.head_pod(), self.namespace,
-                              ports=str(self.remote_port))  # fmt: skip
+        forward = portforward(
+            self._core.connect_get_namespaced_pod_portforward,
+            self.head_pod(),
+            self.namespace,
+            ports=str(self.remote_port),
+        )
         remote = forward.socket(self.remote_port)
 
         def copy(src: socket.socket, dst: socket.socket) -> None:

@@ -206,8 +206,15 @@ def render(
     head_params: dict[str, str] = {"dashboard-host": "0.0.0.0"}
     if template.head.ray_cpus is not None:
         head_params["num-cpus"] = f"{template.head.ray_cpus:g}"
-    head_pod = {"spec": {"containers": [_container("ray-head", template.head.image or template.default_image,
-                                                      template.head.cpu, template.head.memory)]}}  # fmt: skip
+    head_pod = {
+        "spec": {
+            "containers": [
+                _container(
+                    "ray-head", template.head.image or template.default_image, template.head.cpu, template.head.memory
+                )
+            ]
+        }
+    }
     head_pod["spec"]["containers"][0]["ports"] = [
         {"containerPort": 6379, "name": "gcs"},
         {"containerPort": 8265, "name": "dashboard"},

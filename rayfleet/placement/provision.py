@@ -1,0 +1,124 @@
+"""What to do when nothing fits now (pure): use an autoscaler's headroom, else create a cluster from a template.
+
+Order of preference: free capacity now (`place`), then headroom on a managed autoscaling cluster (its template's
+maximum minus the workers it has or is launching), then a new cluster from the cheapest template that can hold the
+request with the fewest workers, within each provisioner's caps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from rayfleet.capacity import ClusterSnapshot
+from rayfleet.provisioning.templates import ClusterTemplate
+from rayfleet.resources import Resources
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """An existing managed cluster whose autoscaler can add a worker that holds the request."""
+
+    cluster: str
+    fits: bool
+    reason: str
+    accelerator: str | None = None
+
+
+@dataclass(frozen=True)
+class Creation:
+    """A new cluster from a template of a provisioner."""
+
+    provisioner: str
+    template: str
+    fits: bool
+    reason: str
+    price: float = 0.0
+    workers: int = 0
+    accelerator: str | None = None
+
+
+@dataclass(frozen=True)
+class ProvisionerState:
+    """A provisioner's templates and how much of its caps its live clusters use."""
+
+    name: str
+    templates: Sequence[ClusterTemplate]
+    max_clusters: int
+    max_gpus: int
+    clusters: int = 0
+    gpus: int = 0
+
+
+def _holder(template: ClusterTemplate, request: Resources) -> tuple[str | None, int, str | None] | None:
+    """(group name or None for the head, workers needed, accelerator) of the cheapest way the template holds it."""
+    head_cpus = template.head.ray_cpus if template.head.ray_cpus is not None else template.head.cpu
+    head = {"CPU": head_cpus, "memory": float(template.head.memory)}
+    if not request.gpu and not request.accelerators and request.fits(head):
+        return None, 0, None
+    for group in template.workers:
+        if template.max_workers(group) > 0 and group.can_hold(request):
+            return group.name, 1, group.accelerator if request.gpu else None
+    return None
+
+
+def headroom(
+    request: Resources, managed: Mapping[str, ClusterTemplate], snapshots: Mapping[str, ClusterSnapshot]
+) -> list[Headroom]:
+    """For each managed autoscaling cluster: can its autoscaler add a worker that holds ``request``?"""
+    out = []
+    for name, template in sorted(managed.items()):
+        if not template.autoscaled:
+            continue
+        snap = snapshots.get(name)
+        if snap is None or not snap.healthy:
+            out.append(Headroom(name, False, "no healthy reading"))
+            continue
+        groups = [g for g in template.workers if g.can_hold(request)]
+        if not groups:
+            out.append(Headroom(name, False, f"no worker group of template {template.name} can hold it"))
+            continue
+        launching = sum(int(n) for n in (snap.autoscaler.get("pending_launches") or {}).values())
+        launching += len(snap.autoscaler.get("pending_nodes") or [])
+        workers = max(0, len(snap.node_ids) - 1) + launching
+        ceiling = sum(template.max_workers(g) for g in template.workers)
+        if workers >= ceiling:
+            out.append(Headroom(name, False, f"at its maximum of {ceiling} workers"))
+            continue
+        model = groups[0].accelerator if request.gpu else None
+        out.append(
+            Headroom(name, True, f"its autoscaler can add a {groups[0].name} worker ({workers} of {ceiling})", model)
+        )
+    return out
+
+
+def creations(request: Resources, provisioners: Sequence[ProvisionerState]) -> list[Creation]:
+    """Every template of every provisioner: can a new cluster hold ``request``, at what price? Best first."""
+    out = []
+    for state in provisioners:
+        for template in state.templates:
+            holder = _holder(template, request)
+            if holder is None:
+                out.append(Creation(state.name, template.name, False, "no worker (or head) of it can hold it"))
+                continue
+            if state.clusters >= state.max_clusters:
+                out.append(
+                    Creation(
+                        state.name,
+                        template.name,
+                        False,
+                        f"provisioner {state.name} is at its cap of {state.max_clusters} clusters",
+                    )
+                )
+                continue
+            if state.gpus + template.total_gpus() > state.max_gpus:
+                why = f"would pass provisioner {state.name}'s cap of {state.max_gpus} GPUs ({state.gpus} in use)"
+                out.append(Creation(state.name, template.name, False, why))
+                continue
+            group, workers, model = holder
+            where = f"a {group} worker" if group else "its head"
+            price = template.hourly_price(request)
+            out.append(
+                Creation(state.name, template.name, True, f"{where} can hold it, {price:g}/h", price, workers, model)
+            )
+    return sorted(out, key=lambda c: (not c.fits, c.price, c.workers, c.provisioner, c.template))
