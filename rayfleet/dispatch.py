@@ -201,26 +201,30 @@ class Dispatcher:
                 "check that it is up and its dashboard address is right, or pin another cluster",
                 cluster=sub.cluster,
             )
-        if not healthy:
+        if not healthy and decision.options:
             return ClusterUnreachableError(
                 "every cluster in the fleet is unreachable",
                 "check the addresses in the fleet definition and that the clusters are up ('rayfleet clusters')",
                 cluster="*",
             )
         largest = {n: s.largest_node() for n, s in snaps.items() if s is not None and s.healthy}
-        if all(o.too_large for o in healthy):
+        rejects = dict(decision.rejects)
+        room, made = self.provision_plan(sub, {n: s for n, s in snaps.items() if s is not None})
+        rejects.update({f"headroom on {h.cluster}": h.reason for h in room if not h.fits})
+        rejects.update({f"template {c.provisioner}/{c.template}": c.reason for c in made if not c.fits})
+        if healthy and all(o.too_large for o in healthy) and not any(c.fits for c in made):
             return NoCapacityError(
                 f"{sub.resources.describe()} is larger than any node in the fleet",
                 "ask for less than the largest node below (a job's request must fit on one node), "
                 "or add a cluster with bigger nodes",
-                rejects=decision.rejects,
+                rejects=rejects,
                 largest_nodes=largest,
                 history=history,
             )
         return NoCapacityError(
             f"no cluster can take {sub.resources.describe()} now",
             "wait for running jobs to finish, relax labels or the pin, or add capacity",
-            rejects=decision.rejects,
+            rejects=rejects,
             largest_nodes=largest,
             history=history,
         )

@@ -44,7 +44,8 @@ def _kubernetes_transient(error: BaseException) -> bool:
     if isinstance(error, TRANSPORT_ERRORS):
         return True
     status = getattr(error, "status", None)
-    return type(error).__name__ == "ApiException" and isinstance(status, int) and (status == 429 or status >= 500)
+    is_api_error = any(cls.__name__ == "ApiException" for cls in type(error).__mro__)  # 5xx: ServiceException
+    return is_api_error and isinstance(status, int) and (status == 429 or status >= 500)
 
 
 def _retry_after(state: RetryCallState) -> float:
