@@ -1,0 +1,90 @@
+"""Choosing what to do when nothing fits now (pure): autoscaler headroom first, then the cheapest template."""
+
+from __future__ import annotations
+
+import pytest
+
+from rayfleet import Resources
+from rayfleet.capacity import ClusterSnapshot
+from rayfleet.placement.provision import ProvisionerState, creations, headroom
+from rayfleet.provisioning.templates import ClusterTemplate, HeadSpec, WorkerGroup
+
+A100 = WorkerGroup(name="a100", cpu=8, gpu=1, accelerator="A100", memory="64GiB", min_replicas=0, max_replicas=2)
+H100X4 = WorkerGroup(name="h100", cpu=32, gpu=4, accelerator="H100", memory="256GiB", max_replicas=1)
+CPU = WorkerGroup(name="cpu", cpu=16, memory="64GiB", replicas=2)
+
+AUTO_A100 = ClusterTemplate(name="a100", mode="autoscaled", workers=[A100], cost_per_gpu_hour=3.0)
+AUTO_H100 = ClusterTemplate(name="h100", mode="autoscaled", workers=[H100X4], cost_per_gpu_hour=5.0)
+STATIC_CPU = ClusterTemplate(name="cpu", mode="static", workers=[CPU], cost_per_cpu_hour=0.05)
+CHEAP_A100 = ClusterTemplate(name="cheap-a100", mode="autoscaled", workers=[A100], cost_per_gpu_hour=2.0)
+
+
+def snap(name: str, workers: int, launching: int = 0) -> ClusterSnapshot:
+    nodes = [("head", {"CPU": 2}, {})] + [(f"w{i}", {"CPU": 8, "GPU": 1}, {}) for i in range(workers)]
+    return ClusterSnapshot.from_nodes(name, nodes, autoscaler={"pending_launches": {"a100": launching}})
+
+
+def state(*templates: ClusterTemplate, clusters: int = 0, gpus: int = 0, max_clusters: int = 3, max_gpus: int = 16):
+    return ProvisionerState("k8s", templates, max_clusters, max_gpus, clusters, gpus)
+
+
+@pytest.mark.parametrize(
+    ("workers", "launching", "fits", "reason"),
+    [
+        (0, 0, True, "can add a a100 worker (0 of 2)"),
+        (1, 0, True, "(1 of 2)"),
+        (1, 1, False, "at its maximum of 2 workers"),
+        (2, 0, False, "at its maximum of 2 workers"),
+    ],
+    ids=["from-zero", "one-up", "one-launching", "full"],
+)
+def test_headroom_counts_workers_and_launches_against_the_templates_maximum(workers, launching, fits, reason):
+    [option] = headroom(Resources(gpu=1), {"c1": AUTO_A100}, {"c1": snap("c1", workers, launching)})
+    assert option.fits is fits
+    assert reason in option.reason
+    assert option.accelerator == ("A100" if fits else None)
+
+
+def test_headroom_needs_a_worker_group_that_can_hold_the_request_and_an_autoscaled_template():
+    options = headroom(
+        Resources(gpu=2), {"c1": AUTO_A100, "c2": STATIC_CPU}, {"c1": snap("c1", 0), "c2": snap("c2", 0)}
+    )
+    assert [(o.cluster, o.fits) for o in options] == [("c1", False)]  # static clusters have no headroom to offer
+    assert "no worker group" in options[0].reason
+    unhealthy = headroom(Resources(gpu=1), {"c1": AUTO_A100}, {"c1": ClusterSnapshot.unreachable("c1", "down")})
+    assert not unhealthy[0].fits
+
+
+def test_the_cheapest_template_that_can_hold_the_request_comes_first():
+    options = creations(Resources(gpu=1, accelerators={"A100", "H100"}), [state(AUTO_H100, AUTO_A100, CHEAP_A100)])
+    assert [(o.template, o.fits) for o in options] == [("cheap-a100", True), ("a100", True), ("h100", True)]
+    assert options[0].price == 2.0 and options[0].accelerator == "A100"
+
+
+@pytest.mark.parametrize(
+    ("request_", "expected"),
+    [
+        (Resources(gpu=4), ["h100"]),
+        (Resources(gpu=1, accelerators={"H100"}), ["h100"]),
+        (Resources(cpu=12), ["cpu", "h100"]),
+        (Resources(cpu=1), ["a100", "cpu", "h100"]),  # the head of every template can hold it
+        (Resources(gpu=8), []),
+    ],
+    ids=["four-gpus", "model", "big-cpu", "small-cpu", "too-big"],
+)
+def test_only_templates_with_a_node_that_can_hold_the_request_fit(request_, expected):
+    options = creations(request_, [state(AUTO_A100, AUTO_H100, STATIC_CPU)])
+    assert sorted(o.template for o in options if o.fits) == expected
+
+
+def test_caps_on_clusters_and_gpus_are_respected_with_a_reason():
+    at_cap = creations(Resources(gpu=1), [state(AUTO_A100, clusters=3, max_clusters=3)])
+    assert not at_cap[0].fits and "cap of 3 clusters" in at_cap[0].reason
+    gpus = creations(Resources(gpu=1), [state(AUTO_A100, gpus=15, max_gpus=16)])
+    assert not gpus[0].fits and "cap of 16 GPUs (15 in use)" in gpus[0].reason
+
+
+def test_a_head_that_offers_no_cpus_does_not_hold_cpu_jobs():
+    no_head = ClusterTemplate(name="gpu-only", head=HeadSpec(ray_cpus=0), workers=[A100], mode="autoscaled")
+    [option] = creations(Resources(cpu=1), [state(no_head)])
+    assert option.fits and "a a100 worker" in option.reason
