@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -139,14 +141,29 @@ def clusters(fleet_file: FleetOpt = None, ledger: LedgerOpt = None) -> None:
         "GPU free/total",
         "memory free/total",
         "labels",
+        "managed",
     ):
         table.add_column(column)
+    managed = fleet.managed
     for cluster in fleet.clusters:
         snap = snapshots[cluster.name]
         labels = ",".join(f"{k}={v}" for k, v in sorted(cluster.labels.items()))
+        record = managed.get(cluster.name)
+        deadline = record.idle_deadline if record else None
+        owner = "-" if record is None else f"{record.provisioner}/{record.template}"
+        if deadline is not None:
+            owner += f", idle deletion in {max(0.0, deadline - time.time()):.0f}s"
         if not snap.healthy:
             table.add_row(
-                cluster.name, f"[red]unreachable[/] ({snap.error})", f"{snap.age:.1f}s", "-", "-", "-", "-", labels
+                cluster.name,
+                f"[red]unreachable[/] ({snap.error})",
+                f"{snap.age:.1f}s",
+                "-",
+                "-",
+                "-",
+                "-",
+                labels,
+                owner,
             )
             continue
         table.add_row(
@@ -158,6 +175,7 @@ def clusters(fleet_file: FleetOpt = None, ledger: LedgerOpt = None) -> None:
             f"{snap.sum('GPU', 'free'):g}/{snap.sum('GPU'):g}",
             f"{format_bytes(snap.sum('memory', 'free'))}/{format_bytes(snap.sum('memory'))}",
             labels,
+            owner,
         )
     out.print(table)
     fleet.close()
@@ -199,6 +217,38 @@ def submit(
         out.print(f"{handle.id}: {state.value}")
         if state.value != "SUCCEEDED":
             raise typer.Exit(EXIT_JOB_FAILED)
+
+
+@app.command()
+def dispatch(
+    interval: Annotated[float, typer.Option(help="Seconds between turns")] = 5.0,
+    once: Annotated[bool, typer.Option("--once", help="One turn, then exit")] = False,
+    fleet_file: FleetOpt = None,
+    ledger: LedgerOpt = None,
+) -> None:
+    """Run the lifecycle duties: follow jobs on managed clusters, delete those idle past their TTL."""
+    fleet = _run(lambda: _fleet(fleet_file, ledger))
+    if once:
+        deleted = _run(fleet.tick)
+        out.print(f"deleted: {', '.join(deleted) or 'nothing'}")
+    else:
+        out.print(f"dispatching every {interval:g} s; Ctrl-C to stop")
+        with contextlib.suppress(KeyboardInterrupt):
+            fleet.run(interval, background=False)
+    fleet.close()
+
+
+@app.command()
+def gc(
+    everything: Annotated[bool, typer.Option("--all", help="Delete every managed cluster this fleet owns")] = False,
+    fleet_file: FleetOpt = None,
+    ledger: LedgerOpt = None,
+) -> None:
+    """Delete leftover clusters this fleet created: idle past their deadline, or no longer known to the ledger."""
+    fleet = _run(lambda: _fleet(fleet_file, ledger))
+    deleted = _run(lambda: fleet.gc(everything=everything))
+    out.print(f"deleted: {', '.join(deleted) or 'nothing'}")
+    fleet.close()
 
 
 @app.command()

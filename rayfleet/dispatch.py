@@ -483,6 +483,33 @@ class Dispatcher:
                     self._annotated[name] = deadline
         return deleted
 
+    def gc(self, *, everything: bool = False) -> list[str]:
+        """Delete managed clusters this fleet owns that nobody needs: past the idle deadline written on them, or
+        unknown to / ended in this ledger (left behind by a crash), or all of them with ``everything``.
+
+        Returns:
+            The names of the clusters deleted.
+        """
+        deleted = []
+        now = time.time()
+        for provisioner in self._provisioners.values():
+            for cluster in provisioner.owned():
+                record = self.ledger.managed_record(cluster.name)
+                live = record is not None and record.state in ("CREATING", "READY")
+                expired = cluster.idle_deadline is not None and cluster.idle_deadline <= now
+                if live and record is not None and record.state == "CREATING":
+                    continue  # another process may be creating it right now
+                if not (everything or expired or not live):
+                    continue
+                if live and cluster.name in self._managed:
+                    self.retire(cluster.name)
+                else:
+                    provisioner.delete(cluster)
+                    if record is not None:
+                        self.ledger.update_managed(cluster.name, state="DELETED", ended_at=now, detail="gc")
+                deleted.append(cluster.name)
+        return deleted
+
     def retire(self, name: str) -> None:
         """Save the logs of the cluster's jobs, delete it, and forget it."""
         record = self._managed.get(name) or self.ledger.managed_record(name)

@@ -124,6 +124,10 @@ class Fleet:
                 log.warning("dispatcher turn failed: %s", e)
             self._stop.wait(interval)
 
+    def gc(self, *, everything: bool = False) -> list[str]:
+        """Delete leftover managed clusters this fleet owns (see `Dispatcher.gc`); returns their names."""
+        return self._dispatcher.gc(everything=everything)
+
     def tick(self) -> list[str]:
         """One turn of the lifecycle duties; returns the clusters deleted."""
         return self._dispatcher.tick()

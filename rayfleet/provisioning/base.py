@@ -20,6 +20,7 @@ class ManagedCluster:
         template: the template it was made from.
         namespace: where it lives (Kubernetes namespace; empty for local clusters).
         created_at: wall time of creation.
+        idle_deadline: when it may be deleted if still idle, as written on the cluster itself (None: not idle).
     """
 
     name: str
@@ -27,6 +28,7 @@ class ManagedCluster:
     template: str
     namespace: str = ""
     created_at: float = 0.0
+    idle_deadline: float | None = None
 
 
 @runtime_checkable

@@ -377,8 +377,7 @@ class KubeRayProvisioner:
             if not self._owned(obj):
                 continue
             meta = obj["metadata"]
-            created = meta.get("creationTimestamp")
-            at = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() if created else 0.0
+            at = _timestamp(meta.get("creationTimestamp")) or 0.0
             out.append(
                 ManagedCluster(
                     meta["name"],
@@ -386,6 +385,7 @@ class KubeRayProvisioner:
                     (meta.get("labels") or {}).get(LABEL_TEMPLATE, ""),
                     self.config.namespace,
                     at,
+                    _timestamp((meta.get("annotations") or {}).get(ANNOTATION_IDLE_DEADLINE)),
                 )
             )
         return out
@@ -411,6 +411,16 @@ class KubeRayProvisioner:
             forward.close()
         self._forwards.clear()
         self._api_client.close()
+
+
+def _timestamp(text: str | None) -> float | None:
+    """An RFC 3339 time (``2026-11-28T14:00:00Z``) as a Unix time; None for none or a malformed one."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 class PortForward:
