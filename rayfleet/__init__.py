@@ -17,7 +17,14 @@ from rayfleet.errors import (
 )
 from rayfleet.fleet import Fleet
 from rayfleet.jobs import JobHandle
-from rayfleet.provisioning.local import LocalClusterSpec, LocalFleet, local_fleet
+from rayfleet.provisioning.local import (
+    LocalAutoscaling,
+    LocalClusterSpec,
+    LocalFleet,
+    LocalNodeSpec,
+    LocalWorkerType,
+    local_fleet,
+)
 from rayfleet.resources import Resources
 from rayfleet.states import JobState
 
@@ -36,9 +43,12 @@ __all__ = [
     "JobNotFoundError",
     "JobState",
     "LedgerError",
+    "LocalAutoscaling",
     "LocalClusterSpec",
     "LocalFleet",
     "LocalFleetError",
+    "LocalNodeSpec",
+    "LocalWorkerType",
     "NoCapacityError",
     "PortInUseError",
     "RayfleetError",
