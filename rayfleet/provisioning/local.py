@@ -491,6 +491,10 @@ class LocalFleet:
                     process.wait(timeout=2)  # reap our child (killed above)
             else:
                 _reap(pid)
+        # SIGKILL is asynchronous: return only once every process of theirs has exited (zombies count as exited)
+        gone_by = time.monotonic() + 10
+        while time.monotonic() < gone_by and any(_start_time(p) == s for p, s in family.items()):
+            time.sleep(0.05)
         for cluster in clusters:
             shutil.rmtree(cluster.temp_dir, ignore_errors=True)
         for path in (self.state_file, self.fleet_file):
