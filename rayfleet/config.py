@@ -11,11 +11,11 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from rayfleet.errors import ConfigError
 from rayfleet.provisioning.templates import ClusterTemplate
@@ -157,6 +157,38 @@ class KubeRayConfig(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
+class LocalProvisionerConfig(BaseModel):
+    """Clusters created on demand on this machine (``kind: local`` under ``provisioners:``).
+
+    Attributes:
+        name: the provisioner's name.
+        directory: where the clusters it owns keep their state (default: under the local-fleet directory).
+        max_clusters: at most this many at once (each costs ~0.6 GiB and a few seconds to start).
+        max_gpus: at most this many logical GPUs over all of them (counted at each template's maximum).
+        templates: what it may create.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = "local"
+    kind: Literal["local"] = "local"
+    directory: str | None = None
+    max_clusters: int = Field(default=2, ge=0)
+    max_gpus: int = Field(default=8, ge=0)
+    templates: list[ClusterTemplate] = Field(default_factory=list)
+
+
+def _provisioner_kind(value: Any) -> str:
+    kind = value.get("kind", "kuberay") if isinstance(value, dict) else getattr(value, "kind", "kuberay")
+    return str(kind)
+
+
+ProvisionerConfig = Annotated[
+    Annotated[KubeRayConfig, Tag("kuberay")] | Annotated[LocalProvisionerConfig, Tag("local")],
+    Discriminator(_provisioner_kind),
+]
+
+
 class FleetConfig(BaseModel):
     """A fleet: its clusters and the settings that shape dispatch.
 
@@ -172,7 +204,7 @@ class FleetConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     clusters: list[Cluster] = Field(default_factory=list)
-    provisioners: list[KubeRayConfig] = Field(default_factory=list)
+    provisioners: list[ProvisionerConfig] = Field(default_factory=list)
     name: str = "default"
     policy: Policy = "binpack"
     ledger: str | None = None

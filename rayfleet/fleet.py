@@ -21,6 +21,11 @@ log = logging.getLogger(__name__)
 
 
 def _provisioner_from(config: Any, fleet: str) -> Any:
+    """The provisioner a config entry describes (imported on use: the kubernetes client is optional)."""
+    if config.kind == "local":
+        from rayfleet.provisioning.local_provisioner import LocalProvisioner
+
+        return LocalProvisioner(config, fleet=fleet)
     from rayfleet.provisioning.kuberay import KubeRayProvisioner
 
     return KubeRayProvisioner(config, fleet=fleet)
