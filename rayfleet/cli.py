@@ -269,7 +269,23 @@ def explain(
     request = _run(lambda: _resources(cpu, gpu, accelerator, memory, resource))
     decision = _run(lambda: fleet.explain(request, labels=_pairs(label, "label"), cluster=cluster, policy=policy))
     out.print(render_decision(decision, request))
+    if decision.chosen is None and cluster is None:
+        room, made = _run(lambda: fleet.plan(request, labels=_pairs(label, "label")))
+        if room or made:
+            out.print(render_plan(room, made))
     fleet.close()
+
+
+def render_plan(room: list[Any], made: list[Any]) -> Table:
+    """Headroom on managed clusters, then new clusters from templates: what rayfleet would do when nothing fits."""
+    table = Table(title="nothing fits now: autoscaler headroom, then a new cluster")
+    for column in ("option", "usable", "reason"):
+        table.add_column(column)
+    for h in room:
+        table.add_row(f"headroom on {h.cluster}", "yes" if h.fits else "[red]no[/]", h.reason)
+    for c in made:
+        table.add_row(f"new {c.provisioner}/{c.template}", "yes" if c.fits else "[red]no[/]", c.reason)
+    return table
 
 
 def render_decision(decision: Decision, request: Resources) -> Table:

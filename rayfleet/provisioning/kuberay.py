@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 GROUP, VERSION, PLURAL = RAYCLUSTER_API
 READY_CONDITIONS = ("RayClusterProvisioned", "HeadPodReady")
 DEFAULT_DASHBOARD_PORT = "8265"
+REQUEST_TIMEOUT_S = 15.0  # one Kubernetes API call (watches have their own, longer, bound)
 RBAC_HINT = (
     "grant the fleet's identity a Role in namespace {ns} with: apiGroups ['ray.io'], resources ['rayclusters'], "
     "verbs ['get', 'list', 'watch', 'create', 'patch', 'delete'] and resources ['rayclusters/status'], verbs ['get'] "
@@ -162,6 +163,8 @@ class KubeRayProvisioner:
     def _call(self, what: str, fn: Any, *args: Any, cluster: str | None = None, **kwargs: Any) -> Any:
         ApiException = self._k8s.client.exceptions.ApiException
         try:
+            if getattr(fn, "__self__", None) is self._api:  # a slow or silent API server must not hang us
+                kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT_S)
             for attempt in Retrying(**retry.KUBERNETES):
                 with attempt:
                     return fn(*args, **kwargs)
@@ -192,7 +195,9 @@ class KubeRayProvisioner:
 
     def _get(self, name: str) -> dict[str, Any] | None:
         try:
-            return self._api.get_namespaced_custom_object(GROUP, VERSION, self.config.namespace, PLURAL, name)
+            return self._api.get_namespaced_custom_object(
+                GROUP, VERSION, self.config.namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT_S
+            )
         except self._k8s.client.exceptions.ApiException as e:
             if e.status == 404:
                 return None
@@ -242,7 +247,9 @@ class KubeRayProvisioner:
         return ManagedCluster(name, self.name, template.name, self.config.namespace, time.time())
 
     def _create(self, manifest: dict[str, Any]) -> Any:
-        return self._api.create_namespaced_custom_object(GROUP, VERSION, self.config.namespace, PLURAL, manifest)
+        return self._api.create_namespaced_custom_object(
+            GROUP, VERSION, self.config.namespace, PLURAL, manifest, _request_timeout=REQUEST_TIMEOUT_S
+        )
 
     def wait_ready(self, cluster: ManagedCluster, timeout: float) -> Cluster:
         """Watch the RayCluster until it is ready (resuming a dropped watch); return it as a fleet `Cluster`."""

@@ -123,3 +123,22 @@ def test_local_up_on_a_taken_port_is_a_clear_error_and_starts_nothing(local) -> 
 
     assert result.returncode == EXIT_ERROR
     assert f"port {taken}" in result.stderr and "already in use" in result.stderr
+
+
+def test_explain_shows_what_would_be_created_when_nothing_fits(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        "name: plan\n"
+        "provisioners:\n"
+        "  - kind: local\n"
+        f"    directory: {tmp_path / 'clusters'}\n"
+        "    templates:\n"
+        "      - {name: small, workers: [{name: w, cpu: 1, replicas: 1}]}\n"
+        "      - {name: gpu, mode: autoscaled, workers: [{name: a100, cpu: 1, gpu: 1, accelerator: A100}],"
+        " cost_per_gpu_hour: 2}\n"
+    )
+    result = rayfleet("explain", "--gpu", "1", "--fleet", str(fleet), "--ledger", str(tmp_path / "l.db"))
+
+    assert re.search(r"new local/gpu\s+│\s+yes\s+│\s+a a100 worker can hold it, 2/h", result.stdout)
+    assert re.search(r"new local/small\s+│\s+no", result.stdout)
+    assert not (tmp_path / "clusters").exists()  # explaining creates nothing
