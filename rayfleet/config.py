@@ -153,6 +153,7 @@ class KubeRayConfig(BaseModel):
     url_template: str | None = None
     max_clusters: int = Field(default=2, ge=0)
     max_gpus: int = Field(default=16, ge=0)
+    request_timeout_s: float = Field(default=15.0, gt=0, description="bound on one Kubernetes API call")
     templates: list[ClusterTemplate] = Field(default_factory=list)
     labels: dict[str, str] = Field(default_factory=dict)
 

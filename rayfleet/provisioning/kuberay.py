@@ -8,6 +8,7 @@ It deletes only RayClusters whose labels say this fleet owns them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import getpass
 import logging
 import re
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 GROUP, VERSION, PLURAL = RAYCLUSTER_API
 READY_CONDITIONS = ("RayClusterProvisioned", "HeadPodReady")
 DEFAULT_DASHBOARD_PORT = "8265"
-REQUEST_TIMEOUT_S = 15.0  # one Kubernetes API call (watches have their own, longer, bound)
 RBAC_HINT = (
     "grant the fleet's identity a Role in namespace {ns} with: apiGroups ['ray.io'], resources ['rayclusters'], "
     "verbs ['get', 'list', 'watch', 'create', 'patch', 'delete'] and resources ['rayclusters/status'], verbs ['get'] "
@@ -142,21 +142,27 @@ class KubeRayProvisioner:
         self._forwards: dict[str, PortForward] = {}
 
     def _make_client(self, configuration: Any) -> Any:
+        """An ApiClient whose own (urllib3) retries are off: retries are rayfleet's, bounded, in one policy."""
         client, kconfig = self._k8s.client, self._k8s.config
-        if configuration is not None:
-            return client.ApiClient(configuration)
         try:
-            if self.config.in_cluster:
+            if configuration is not None:
+                c = copy.copy(configuration)
+            elif self.config.in_cluster:
                 c = client.Configuration()
                 kconfig.load_incluster_config(client_configuration=c)
-                return client.ApiClient(c)
-            return kconfig.new_client_from_config(config_file=self.config.kubeconfig, context=self.config.context)
+            else:
+                c = client.Configuration()
+                kconfig.load_kube_config(
+                    config_file=self.config.kubeconfig, context=self.config.context, client_configuration=c
+                )
         except (kconfig.ConfigException, OSError, TypeError) as e:
             raise ProvisioningError(
                 f"cannot load Kubernetes credentials for provisioner {self.name}: {e}",
                 "check the context name (kubectl config get-contexts) or the kubeconfig path",
                 provisioner=self.name,
             ) from None
+        c.retries = 0
+        return client.ApiClient(c)
 
     # ----- Kubernetes calls, with errors translated in one place -----------------------------------------------------
 
@@ -164,7 +170,7 @@ class KubeRayProvisioner:
         ApiException = self._k8s.client.exceptions.ApiException
         try:
             if getattr(fn, "__self__", None) is self._api:  # a slow or silent API server must not hang us
-                kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT_S)
+                kwargs.setdefault("_request_timeout", self.config.request_timeout_s)
             for attempt in Retrying(**retry.KUBERNETES):
                 with attempt:
                     return fn(*args, **kwargs)
@@ -196,7 +202,7 @@ class KubeRayProvisioner:
     def _get(self, name: str) -> dict[str, Any] | None:
         try:
             return self._api.get_namespaced_custom_object(
-                GROUP, VERSION, self.config.namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT_S
+                GROUP, VERSION, self.config.namespace, PLURAL, name, _request_timeout=self.config.request_timeout_s
             )
         except self._k8s.client.exceptions.ApiException as e:
             if e.status == 404:
@@ -248,7 +254,7 @@ class KubeRayProvisioner:
 
     def _create(self, manifest: dict[str, Any]) -> Any:
         return self._api.create_namespaced_custom_object(
-            GROUP, VERSION, self.config.namespace, PLURAL, manifest, _request_timeout=REQUEST_TIMEOUT_S
+            GROUP, VERSION, self.config.namespace, PLURAL, manifest, _request_timeout=self.config.request_timeout_s
         )
 
     def wait_ready(self, cluster: ManagedCluster, timeout: float) -> Cluster:

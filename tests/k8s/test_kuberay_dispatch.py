@@ -190,3 +190,24 @@ def test_a_port_forward_listens_on_loopback_and_names_its_url(k8s_api: Any) -> N
         assert int(forward.url.rsplit(":", 1)[1]) > 0
     finally:
         forward.close()
+
+
+def test_a_slow_api_server_is_cut_off_and_retried(k8s_api: Any, tmp_path: Path) -> None:
+    from rayfleet.config import KubeRayConfig
+    from rayfleet.errors import ProvisioningError
+    from rayfleet.provisioning.kuberay import KubeRayProvisioner
+
+    config = KubeRayConfig(name="k8s", request_timeout_s=0.5)
+    provisioner = KubeRayProvisioner(config, fleet="e2e", configuration=k8s_api.configuration())
+    try:
+        path = "*/namespaces/default/rayclusters"
+        k8s_api.faults.delay("GET", path, 3.0, times=2)  # two slow answers, then a quick one
+        assert provisioner.owned() == []
+        assert len(k8s_api.requests_matching("GET", path)) == 3
+
+        k8s_api.faults.delay("GET", path, 3.0, times=None)  # never quick: bounded, then a clear error
+        with pytest.raises(ProvisioningError, match="did not answer"):
+            provisioner.owned()
+    finally:
+        k8s_api.faults.clear()
+        provisioner.close()
