@@ -134,6 +134,16 @@ def test_gpu_worker_is_added_for_a_gpu_job_and_removed_when_idle(autoscaling: Lo
     assert len(nodes(cluster.address)) == 1
 
 
+def test_two_autoscaling_clusters_scale_up_at_once(autoscaling: LocalFleet, tmp_path: Path) -> None:
+    """Fake nodes take OS-assigned ports (not the fixed 52365), so a second autoscaling cluster can run beside one."""
+    second = LocalClusterSpec("elastic-2", cpus=1, memory="1GiB", autoscaling=AUTOSCALING.autoscaling)
+    with LocalFleet([second], name=f"second-{os.getpid()}", directory=tmp_path) as other:
+        clients = [JobSubmissionClient(f.running[0].address) for f in (autoscaling, other)]
+        jobs = [c.submit_job(entrypoint=PRINT_GPUS, entrypoint_num_gpus=1) for c in clients]
+        assert [wait_job(c, j) for c, j in zip(clients, jobs, strict=True)] == [JobStatus.SUCCEEDED] * 2
+        assert all("visible 0" in c.get_job_logs(j) for c, j in zip(clients, jobs, strict=True))
+
+
 def test_down_from_the_state_file_stops_heads_workers_and_fake_nodes(
     multinode: LocalFleet, autoscaling: LocalFleet
 ) -> None:
