@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import requests
 
 from rayfleet import Fleet, LocalClusterSpec, LocalFleet
 from rayfleet.ledger import Ledger
+from tests.polling import poll
 
 # The demo fleet of the README: "cpu" with 2 CPUs; "gpu" with 2 CPUs and 2 logical A100 GPUs.
 SPECS = (
@@ -60,18 +60,6 @@ def ray_job(address: str, submission_id: str) -> dict | None:
     """A job as Ray's own REST API reports it (None if the cluster does not have it)."""
     response = requests.get(f"{address}/api/jobs/{submission_id}", timeout=5)
     return response.json() if response.status_code == 200 else None
-
-
-def poll(condition: Callable[[], object], timeout: float = 60.0, interval: float = 0.2) -> object:
-    """Wait until ``condition()`` is truthy; fail the test if it is not within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        time.sleep(interval)
 
 
 def wait_idle(fleet: Fleet, timeout: float = 60.0) -> None:

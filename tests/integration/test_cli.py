@@ -13,7 +13,7 @@ import pytest
 from rayfleet import JobState
 from rayfleet.cli import EXIT_ERROR, EXIT_NO_CAPACITY, EXIT_USAGE
 from rayfleet.ledger import Ledger
-from tests.integration.conftest import poll
+from tests.polling import poll
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,8 @@ from rayfleet import (
 )
 from rayfleet.backends.ray_jobs import RayJobs
 from rayfleet.ledger import Ledger
-from tests.integration.conftest import poll, ray_job, wait_idle
+from tests.integration.conftest import ray_job, wait_idle
+from tests.polling import poll
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import requests
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from rayfleet import LocalAutoscaling, LocalClusterSpec, LocalFleet, LocalNodeSpec, LocalWorkerType
-from tests.integration.conftest import poll
+from tests.polling import poll
 
 pytestmark = pytest.mark.integration
 

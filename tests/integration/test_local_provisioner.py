@@ -10,7 +10,7 @@ import pytest
 from rayfleet import Fleet, JobState
 from rayfleet.config import FleetConfig
 from rayfleet.ledger import Ledger
-from tests.integration.conftest import poll
+from tests.polling import poll
 
 pytestmark = pytest.mark.integration
 

@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import (
     UnauthorizedException,
 )
 
+from tests import polling
 from tests.k8s.apiserver import KubeAPIServer
 from tests.k8s.operator import KubeRayTestOperator, UnsupportedSpec, translate
 
@@ -82,15 +83,7 @@ def worker_group(
 
 
 def poll(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Until ``condition()`` is truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        time.sleep(interval)
+    return polling.poll(condition, timeout, interval)
 
 
 @pytest.fixture()

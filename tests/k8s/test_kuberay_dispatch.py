@@ -11,7 +11,7 @@ import yaml
 
 from rayfleet import Fleet, JobState, NoCapacityError
 from rayfleet.ledger import Ledger
-from tests.integration.conftest import poll
+from tests.polling import poll
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,21 @@
+"""Waiting for a condition in tests: poll it with a deadline (never a bare sleep standing in for synchronisation)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+
+def poll(condition: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2) -> Any:
+    """Until ``condition()`` is truthy (and return it); fail the test if it is not within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(interval)
