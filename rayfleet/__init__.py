@@ -25,7 +25,7 @@ from rayfleet.provisioning.local import (
     LocalWorkerType,
     local_fleet,
 )
-from rayfleet.resources import Resources
+from rayfleet.resources import Gang, Resources
 from rayfleet.states import JobState
 
 __version__ = "0.1.0"
@@ -37,6 +37,7 @@ __all__ = [
     "ConfigError",
     "Fleet",
     "FleetConfig",
+    "Gang",
     "InvalidRequestError",
     "InvalidResourcesError",
     "JobHandle",

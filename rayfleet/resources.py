@@ -1,9 +1,10 @@
-"""`Resources`: a frozen, validated request of CPU, GPU, memory, custom keys and allowed GPU models.
+"""`Resources` and `Gang`: frozen, validated requests of CPU, GPU, memory, custom keys and allowed GPU models.
 
 Ray names resources ``CPU``, ``GPU``, ``memory`` (bytes) and any custom key; a node with GPUs of a known model carries
 ``accelerator_type:<model>`` = 1, which tasks request at 0.001. A request may allow several models
 (``accelerators={"A100", "H100"}``): that cannot be said to Ray in one key, so placement chooses the model and the
-submission carries the concrete key (see `Resources.entrypoint_kwargs`).
+submission carries the concrete key (see `Resources.entrypoint_kwargs`). A `Gang` is several bundles that must be
+reserved together, with the meaning of a Ray placement group; one model is chosen for all its GPU bundles.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
@@ -22,6 +23,7 @@ ACCELERATOR_PREFIX = "accelerator_type:"
 ACCELERATOR_REQUEST = 0.001  # Ray's convention for requesting a node's accelerator_type:<model> resource
 RESERVED_KEYS = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
 EPSILON = 1e-9
+STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray placement-group strategies
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*(:[A-Za-z0-9_.\-]+)?$")
 _MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -309,6 +311,154 @@ class Resources(BaseModel):
             parts.append(format_bytes(self.memory))
         parts += [f"{v:g} {k}" for k, v in self.custom.items()]
         return ", ".join(parts) or "nothing"
+
+
+class Gang(BaseModel):
+    """Bundles that must be reserved together, at the same time, in one cluster (a Ray placement group).
+
+    Strategies have Ray's meanings: ``STRICT_PACK`` puts every bundle on one node; ``STRICT_SPREAD`` puts each on a
+    different node; ``PACK`` (Ray's default) uses as few nodes as it can; ``SPREAD`` uses distinct nodes where it can.
+    Lowercase names are accepted and stored uppercase. All GPU bundles must allow the same set of models, so that one
+    model is chosen for the whole gang.
+
+    Attributes:
+        bundles: what each member needs on its node; at least one, none empty.
+        strategy: one of `STRATEGIES`.
+
+    Example:
+        >>> g = Gang.of(2, Resources(cpu=1, gpu=1), strategy="strict_spread")
+        >>> g.strategy, len(g.bundles), g.total.gpu
+        ('STRICT_SPREAD', 2, 2.0)
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bundles: tuple[Resources, ...]
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            errors = e.errors()
+            # validators raise InvalidResourcesError with a specific hint; pass the first one on unchanged
+            for err in errors:
+                cause = (err.get("ctx") or {}).get("error")
+                if isinstance(cause, InvalidResourcesError):
+                    raise InvalidResourcesError(cause.message, cause.hint) from None
+            problems = "; ".join(
+                f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg'].removeprefix('Value error, ')}"
+                for err in errors
+            )
+            raise InvalidResourcesError(
+                f"invalid gang: {problems}",
+                "give Gang(bundles=[Resources(...), ...], strategy='PACK'), or Gang.of(n, Resources(...))",
+            ) from None
+
+    @field_validator("bundles", mode="before")
+    @classmethod
+    def _bundles(cls, value: Any) -> tuple[Resources, ...]:
+        if isinstance(value, Resources | Mapping | str) or not isinstance(value, Iterable):
+            raise InvalidResourcesError(
+                f"bundles={value!r} is not a list of bundles", "give bundles=[Resources(cpu=1), ...]"
+            )
+        bundles = []
+        for i, bundle in enumerate(value):
+            try:
+                bundles.append(Resources.of(bundle))
+            except InvalidResourcesError as e:
+                raise InvalidResourcesError(f"bundle {i}: {e.message}", e.hint) from None
+        if not bundles:
+            raise InvalidResourcesError("a gang needs at least one bundle", "give bundles=[Resources(cpu=1), ...]")
+        for i, bundle in enumerate(bundles):
+            if bundle.is_empty:  # Ray rejects a placement group with an empty bundle
+                raise InvalidResourcesError(
+                    f"bundle {i} asks for nothing", "give every bundle some CPU, GPU, memory or a custom resource"
+                )
+        gpu_sets = {bundle.accelerators for bundle in bundles if bundle.gpu > 0}
+        if len(gpu_sets) > 1:
+            shown = ", ".join(sorted("{" + ", ".join(sorted(s)) + "}" if s else "any model" for s in gpu_sets))
+            raise InvalidResourcesError(
+                f"the GPU bundles of a gang allow different GPU models ({shown}); one model is chosen per gang",
+                "give every GPU bundle the same accelerators, e.g. accelerators={'A100', 'H100'}",
+            )
+        return tuple(bundles)
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _strategy(cls, value: Any) -> str:
+        name = value.upper() if isinstance(value, str) else value
+        if name not in STRATEGIES:
+            raise InvalidResourcesError(
+                f"unknown gang strategy {value!r}", f"use one of {', '.join(STRATEGIES)} (Ray's placement strategies)"
+            )
+        return name
+
+    @classmethod
+    def of(cls, n: int, resources: Resources | Mapping[str, Any], strategy: str = "PACK") -> Gang:
+        """A gang of ``n`` identical bundles.
+
+        Raises:
+            InvalidResourcesError: ``n`` is not a whole number >= 1, or the bundle or strategy is invalid.
+
+        Example:
+            >>> Gang.of(4, Resources(gpu=1), strategy="STRICT_PACK").describe()
+            'STRICT_PACK gang of 4 x (1 GPU)'
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InvalidResourcesError(f"a gang of {n!r} bundles", "give a whole number of bundles >= 1")
+        return cls(bundles=[Resources.of(resources)] * n, strategy=strategy)
+
+    @property
+    def total(self) -> Resources:
+        """Every bundle added up: what the gang takes from its cluster.
+
+        A sum, not a request: it may hold a fractional GPU count above 1 (bundles of 0.5 and 1 GPU make 1.5), which
+        Ray allows in bundles but not in one request, so it is built without the per-request validation.
+        """
+        custom: dict[str, float] = {}
+        for bundle in self.bundles:
+            for key, amount in bundle.custom.items():
+                custom[key] = custom.get(key, 0.0) + amount
+        return Resources.model_construct(
+            cpu=sum(b.cpu for b in self.bundles),
+            gpu=sum(b.gpu for b in self.bundles),
+            memory=sum(b.memory for b in self.bundles),
+            custom=MappingProxyType(dict(sorted(custom.items()))),
+            accelerators=self.accelerators,
+        )
+
+    @property
+    def accelerators(self) -> frozenset[str]:
+        """The GPU models the gang's GPU bundles allow (the same set for each); empty means any."""
+        return next((b.accelerators for b in self.bundles if b.gpu > 0), frozenset())
+
+    def to_ray(self, accelerator: str | None = None) -> list[dict[str, float]]:
+        """The bundles as Ray placement-group bundles, with the chosen model on the bundles that allow models.
+
+        Raises:
+            InvalidResourcesError: ``accelerator`` is not one of the models the gang allows.
+
+        Example:
+            >>> Gang.of(2, Resources(cpu=1, gpu=1, accelerators={"A100"})).to_ray("A100")[0]
+            {'CPU': 1.0, 'GPU': 1.0, 'accelerator_type:A100': 0.001}
+        """
+        if accelerator is not None and self.accelerators and accelerator not in self.accelerators:
+            raise InvalidResourcesError(
+                f"accelerator {accelerator!r} is not one of the gang's allowed models {sorted(self.accelerators)}",
+                "let placement choose the model",
+            )
+        return [bundle.to_ray(accelerator if bundle.accelerators else None) for bundle in self.bundles]
+
+    def describe(self) -> str:
+        """A short human form, e.g. ``STRICT_SPREAD gang of 2 x (1 CPU, 1 GPU)``; equal bundles are counted."""
+        counts: dict[Resources, int] = {}
+        for bundle in self.bundles:
+            counts[bundle] = counts.get(bundle, 0) + 1
+        if len(counts) == 1:
+            return f"{self.strategy} gang of {len(self.bundles)} x ({self.bundles[0].describe()})"
+        parts = ", ".join(f"{n} x ({bundle.describe()})" for bundle, n in counts.items())
+        return f"{self.strategy} gang of {len(self.bundles)}: {parts}"
 
 
 def format_bytes(n: float) -> str:
