@@ -9,6 +9,7 @@ or from ``/api/v0/nodes`` when a key is new, and are cached.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -148,8 +149,13 @@ class ClusterSnapshot:
         )
 
 
+# Ray adds resources per placement group to the nodes that hold its bundles (``CPU_group_0_<pg id>``,
+# ``bundle_group_<pg id>``; the dashboard renames them ``CPUGroup0<Pg Id>``): they are reservations, not capacity.
+_PLACEMENT_GROUP_KEY = re.compile(r"(_group_(\d+_)?[0-9a-f]{20,}|Group\d*[0-9A-Za-z]{20,})$")
+
+
 def _counted(key: str) -> bool:
-    return key not in IGNORED_KEYS and not key.startswith(IGNORED_PREFIXES)
+    return key not in IGNORED_KEYS and not key.startswith(IGNORED_PREFIXES) and not _PLACEMENT_GROUP_KEY.search(key)
 
 
 def describe_node(resources: Mapping[str, float]) -> str:
@@ -184,7 +190,7 @@ def parse_cluster_status(
     for node_id, usage in (report.get("usageByNode") or {}).items():
         total, used = {}, {}
         for key, (node_used, node_total) in usage.items():
-            if key.startswith(IGNORED_PREFIXES) or key in _IGNORED_RENAMED:
+            if key.startswith(IGNORED_PREFIXES) or key in _IGNORED_RENAMED or _PLACEMENT_GROUP_KEY.search(key):
                 continue
             name = names.get(key)
             if name is None:

@@ -7,6 +7,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -15,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rayfleet import launch
 from rayfleet.backends.ray_jobs import RayJobs
 from rayfleet.capacity import ClusterSnapshot, Prober
 from rayfleet.config import FLEET_ENV, Cluster, FleetConfig
@@ -33,7 +35,7 @@ from rayfleet.placement import Decision, Hold, PlacementRequest, place
 from rayfleet.placement.provision import Creation, Headroom, ProvisionerState, creations, headroom
 from rayfleet.provisioning.base import ManagedCluster
 from rayfleet.provisioning.templates import ClusterTemplate
-from rayfleet.resources import Resources
+from rayfleet.resources import Gang, Resources
 from rayfleet.states import JobState
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,9 @@ METADATA_PREFIX = "rayfleet."
 # A hold is dropped once the cluster's own report was computed this long after the placement: by then the job's
 # supervisor holds its resources (or waits as pending demand), so the report shows it.
 HOLD_REFLECT_S = 3.0
+# A gang's launcher waits this long for its placement group before it gives up (exit code 75) and the dispatcher
+# places the job again elsewhere: with free capacity counted at placement, a reservation that takes longer is stuck.
+DEFAULT_RESERVATION_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class _Target:
     node_id: str | None
     accelerator: str | None
     detail: str | None
+    bundle_nodes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -67,9 +73,27 @@ class Submission:
     policy: str
     metadata: Mapping[str, str]
     parent_id: str | None
+    gang: Gang | None = None
+    reservation_timeout_s: float = DEFAULT_RESERVATION_TIMEOUT_S
 
     def request(self, exclude: frozenset[str] = frozenset()) -> PlacementRequest:
-        return PlacementRequest(self.resources, dict(self.labels), self.cluster, self.policy, exclude)
+        return PlacementRequest(self.resources, dict(self.labels), self.cluster, self.policy, exclude, self.gang)
+
+    def describe(self) -> str:
+        return self.gang.describe() if self.gang is not None else self.resources.describe()
+
+    def to_json(self) -> dict[str, Any]:
+        """What the ledger keeps of the request, enough to place the job again (failover)."""
+        out: dict[str, Any] = {
+            "resources": self.resources.model_dump(mode="json"),
+            "labels": dict(self.labels),
+            "cluster": self.cluster,
+            "policy": self.policy,
+        }
+        if self.gang is not None:
+            out["gang"] = self.gang.model_dump(mode="json")
+            out["reservation_timeout_s"] = self.reservation_timeout_s
+        return out
 
 
 class Dispatcher:
@@ -130,6 +154,8 @@ class Dispatcher:
         cluster: str | None = None,
         policy: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        gang: Gang | Mapping[str, Any] | None = None,
+        reservation_timeout_s: float | None = None,
     ) -> Submission:
         """Check a request before anything is recorded or sent. Raises `InvalidRequestError` subclasses."""
         if not isinstance(entrypoint, str) or not entrypoint.strip():
@@ -137,6 +163,17 @@ class Dispatcher:
                 "the entrypoint is empty", "give the shell command to run, e.g. 'python train.py'"
             )
         res = Resources.of(resources)
+        if gang is not None:
+            gang = gang if isinstance(gang, Gang) else Gang(**dict(gang))
+            if not res.is_empty:
+                raise InvalidRequestError(
+                    "both resources and a gang were given", "put the driver's needs in the gang's first bundle"
+                )
+        timeout = DEFAULT_RESERVATION_TIMEOUT_S if reservation_timeout_s is None else float(reservation_timeout_s)
+        if not timeout > 0:
+            raise InvalidRequestError(
+                f"reservation_timeout_s={reservation_timeout_s!r}", "give a number of seconds > 0"
+            )
         if cluster is not None and cluster not in self._clusters:
             names = ", ".join(self._clusters)
             raise UnknownClusterError(f"no cluster named {cluster!r} in the fleet", f"pin to one of: {names}")
@@ -159,6 +196,8 @@ class Dispatcher:
             policy=policy or self.config.policy,
             metadata=meta,
             parent_id=os.environ.get(JOB_ID_ENV) or None,
+            gang=gang,
+            reservation_timeout_s=timeout,
         )
 
     # ----- placement ----------------------------------------------------------------------------------------------
@@ -214,7 +253,7 @@ class Dispatcher:
         rejects.update({f"template {c.provisioner}/{c.template}": c.reason for c in made if not c.fits})
         if healthy and all(o.too_large for o in healthy) and not any(c.fits for c in made):
             return NoCapacityError(
-                f"{sub.resources.describe()} is larger than any node in the fleet",
+                f"{sub.describe()} is larger than any node in the fleet",
                 "ask for less than the largest node below (a job's request must fit on one node), "
                 "or add a cluster with bigger nodes",
                 rejects=rejects,
@@ -222,7 +261,7 @@ class Dispatcher:
                 history=history,
             )
         return NoCapacityError(
-            f"no cluster can take {sub.resources.describe()} now",
+            f"no cluster can take {sub.describe()} now",
             "wait for running jobs to finish, relax labels or the pin, or add capacity",
             rejects=rejects,
             largest_nodes=largest,
@@ -251,6 +290,7 @@ class Dispatcher:
                     chosen.node_id,
                     chosen.accelerator,
                     f"policy {sub.policy}, score {chosen.score[1]:.3f}" if chosen.score else None,
+                    chosen.bundle_nodes,
                 )
             else:
                 target = self._on_demand(sub, snapshots, exclude, history)
@@ -283,16 +323,10 @@ class Dispatcher:
             "detail": target.detail,
         }
         if n == 1:
-            request = {
-                "resources": sub.resources.model_dump(mode="json"),
-                "labels": dict(sub.labels),
-                "cluster": sub.cluster,
-                "policy": sub.policy,
-            }
             self.ledger.add_job(
                 job_id,
                 entrypoint=sub.entrypoint,
-                request=request,
+                request=sub.to_json(),
                 runtime_env=sub.runtime_env,
                 metadata=sub.metadata,
                 parent_id=sub.parent_id,
@@ -300,17 +334,27 @@ class Dispatcher:
             )
         else:
             self.ledger.add_attempt(job_id, attempt)
+        entrypoint, runtime_env = sub.entrypoint, self._runtime_env(sub, job_id)
+        if sub.gang is not None:  # zero entrypoint resources: the launcher reserves the gang, then runs the command
+            bundles = sub.gang.to_ray(target.accelerator)
+            entrypoint, additions = launch.wrap(sub.entrypoint, bundles, sub.gang.strategy, sub.reservation_timeout_s)
+            runtime_env = launch.merge_runtime_env(runtime_env, additions)
+            kwargs: dict[str, Any] = {}
+            held = list(zip(target.bundle_nodes or [None] * len(bundles), bundles, strict=True))
+        else:
+            kwargs = sub.resources.entrypoint_kwargs(target.accelerator)
+            held = [(target.node_id, sub.resources.to_ray(target.accelerator))]
         if snapshot is not None and snapshot.healthy:
             with self._lock:
-                resources = sub.resources.to_ray(target.accelerator)
-                self._holds.append(Hold.on(snapshot, target.node_id, resources, time.time()))
+                now = time.time()
+                self._holds.extend(Hold.on(snapshot, node, resources, now) for node, resources in held)
         try:
             self._backends[target.cluster].submit(
                 submission_id,
-                sub.entrypoint,
-                runtime_env=self._runtime_env(sub, job_id),
+                entrypoint,
+                runtime_env=runtime_env,
                 metadata=self._metadata(sub, job_id, n),
-                entrypoint_kwargs=sub.resources.entrypoint_kwargs(target.accelerator),
+                entrypoint_kwargs=kwargs,
             )
         except ClusterUnreachableError as e:
             self._drop_hold(target.cluster)
@@ -347,8 +391,8 @@ class Dispatcher:
         self, sub: Submission, snapshots: Mapping[str, ClusterSnapshot], exclude: frozenset[str] = frozenset()
     ) -> tuple[list[Headroom], list[Creation]]:
         """What could take the request if nothing fits now: headroom on managed clusters, then new clusters."""
-        if sub.cluster is not None or not self._provisioners:
-            return [], []
+        if sub.cluster is not None or sub.gang is not None or not self._provisioners:
+            return [], []  # gangs on clusters made for them: not yet
         managed = self._managed_templates(exclude)
         room = [
             h
@@ -532,11 +576,12 @@ class Dispatcher:
         log.info("deleted idle cluster %s", name)
 
     def _drop_hold(self, cluster: str) -> None:
+        """Forget the holds of the submission that just failed on ``cluster`` (those placed at the latest time)."""
         with self._lock:
-            for i in range(len(self._holds) - 1, -1, -1):
-                if self._holds[i].cluster == cluster:
-                    del self._holds[i]
-                    break
+            mine = [h for h in self._holds if h.cluster == cluster]
+            if mine:
+                latest = max(h.placed_at for h in mine)
+                self._holds = [h for h in self._holds if not (h.cluster == cluster and h.placed_at == latest)]
 
     def _provably_absent(self, cluster: str, submission_id: str) -> bool:
         """After a failed submit: True only if the cluster answers that it has no such job."""
@@ -585,9 +630,54 @@ class Dispatcher:
             return job  # unreachable is not dead: a partition may heal (issue 4 adds the grace period)
         state = JobState.from_ray(str(info.status))
         if state != attempt.state:
-            self.ledger.record(attempt.submission_id, state, getattr(info, "message", None))
+            message = getattr(info, "message", None)
+            not_reserved = state is JobState.FAILED and _not_reserved(message)
+            detail = f"not reserved within the reservation timeout: {message}" if not_reserved else message
+            moved = self.ledger.record(attempt.submission_id, state, detail)
             job = self.ledger.job(job_id)
+            if moved and not_reserved:  # the one process that recorded the failure places it again
+                return self._failover(job)
         return job
+
+    def _failover(self, job: JobRecord) -> JobRecord:
+        """Place a job whose gang could not be reserved again, on a cluster none of its attempts used.
+
+        Its launcher exited before the command ran and the attempt is terminal there, so it can never run twice.
+        """
+        sub = self._submission_from(job)
+        tried = frozenset(a.cluster for a in job.attempts)
+        self.prober.invalidate()  # the reading that sent it there was wrong: read every cluster afresh
+        history = [(a.cluster, a.detail or a.state.value) for a in job.attempts]
+        decision, snapshots = self._decide(sub, tried)
+        chosen = decision.chosen
+        if chosen is None:
+            log.warning("job %s: no other cluster can take it now; it stays FAILED (%s)", job.id, decision.rejects)
+            return job
+        target = _Target(
+            chosen.cluster, chosen.node_id, chosen.accelerator, f"failover from {', '.join(sorted(tried))}",
+            chosen.bundle_nodes,
+        )  # fmt: skip
+        n = len(job.attempts) + 1
+        with contextlib.suppress(sqlite3.IntegrityError):  # another process placed attempt n first
+            self._submit_attempt(sub, job.id, n, target, snapshots.get(chosen.cluster), history)
+        return self.ledger.job(job.id)
+
+    @staticmethod
+    def _submission_from(job: JobRecord) -> Submission:
+        request = job.request
+        gang = request.get("gang")
+        return Submission(
+            entrypoint=job.entrypoint,
+            resources=Resources(**request.get("resources", {})),
+            runtime_env=job.runtime_env,
+            labels=dict(request.get("labels") or {}),
+            cluster=request.get("cluster"),
+            policy=request.get("policy", "binpack"),
+            metadata=dict(job.metadata or {}),
+            parent_id=job.parent_id,
+            gang=Gang(**gang) if gang else None,
+            reservation_timeout_s=request.get("reservation_timeout_s", DEFAULT_RESERVATION_TIMEOUT_S),
+        )
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
         """Poll until the job is terminal. Raises `TimeoutError` when ``timeout`` passes first."""
@@ -643,6 +733,11 @@ class Dispatcher:
                 "versions, but runtime_env features may differ. Align the versions to be safe.",
                 stacklevel=2,
             )
+
+
+def _not_reserved(message: str | None) -> bool:
+    """Whether Ray's message says the launcher gave up waiting for its reservation (the command never ran)."""
+    return bool(message) and f"exit code {launch.RESERVATION_TIMEOUT_EXIT}" in message  # type: ignore[operator]
 
 
 def _template(provisioner: Any, name: str) -> ClusterTemplate:

@@ -15,7 +15,7 @@ from rayfleet.errors import ConfigError, RayfleetError
 from rayfleet.jobs import JobHandle
 from rayfleet.ledger import Ledger
 from rayfleet.placement import Decision
-from rayfleet.resources import Resources
+from rayfleet.resources import Gang, Resources
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,8 @@ class Fleet:
         cluster: str | None = None,
         policy: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        gang: Gang | Mapping[str, Any] | None = None,
+        reservation_timeout_s: float | None = None,
     ) -> JobHandle:
         """Place a job on the best cluster and submit it through Ray's Job Submission API.
 
@@ -161,6 +163,11 @@ class Fleet:
             cluster: pin the job to this cluster.
             policy: ``binpack`` (default), ``spread`` or ``cost``.
             metadata: string pairs stored with the Ray job.
+            gang: instead of ``resources``: bundles that must all be reserved at once on one cluster (a Ray
+                placement group), the first one for the command itself. The job's launcher reserves them; if it
+                cannot within ``reservation_timeout_s`` the command never runs there and the job is placed again on
+                another cluster (by `JobHandle.wait`/`status` or the dispatcher loop).
+            reservation_timeout_s: how long a gang's launcher waits for its reservation (default 5 s).
 
         Returns:
             A `JobHandle`.
@@ -179,6 +186,8 @@ class Fleet:
             cluster=cluster,
             policy=policy,
             metadata=metadata,
+            gang=gang,
+            reservation_timeout_s=reservation_timeout_s,
         )
         return JobHandle(self._dispatcher, self._dispatcher.submit(sub))
 
@@ -196,9 +205,10 @@ class Fleet:
         labels: Mapping[str, str] | None = None,
         cluster: str | None = None,
         policy: str | None = None,
+        gang: Gang | Mapping[str, Any] | None = None,
     ) -> Decision:
-        """Where a job with these resources would go now, and why every other cluster would not take it."""
-        sub = self._dispatcher.validate("explain", resources, labels=labels, cluster=cluster, policy=policy)
+        """Where a job with these resources (or this gang) would go now, and why every other cluster would not."""
+        sub = self._dispatcher.validate("explain", resources, labels=labels, cluster=cluster, policy=policy, gang=gang)
         return self._dispatcher.decide(sub)
 
     def snapshots(self, *, max_age: float | None = None) -> dict[str, ClusterSnapshot]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -192,9 +193,50 @@ def _taken(port: int) -> bool:
     return False
 
 
+# Port blocks being started, machine-wide: between choosing a free block and Ray binding its ports there are
+# seconds (workers start after their head), in which another process's fleet would find the block free too.
+_RESERVATIONS = Path(tempfile.gettempdir()) / "rayfleet-port-blocks"
+
+
+@contextlib.contextmanager
+def _reservation_lock() -> Iterator[None]:
+    _RESERVATIONS.mkdir(exist_ok=True)
+    with open(_RESERVATIONS / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _reserved(base: int) -> bool:
+    """Whether a live process reserved the block at ``base`` (a reservation of a dead process is void)."""
+    try:
+        pid = int((_RESERVATIONS / str(base)).read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
+
+
+def _reserve(bases: Iterable[int]) -> None:
+    for base in bases:
+        (_RESERVATIONS / str(base)).write_text(f"{os.getpid()}\n")
+
+
+def _release(bases: Iterable[int]) -> None:
+    for base in bases:
+        path = _RESERVATIONS / str(base)
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(path.read_text().split()[0]) == os.getpid():
+                path.unlink()
+
+
 def _first_taken(base: int, nodes: int = 1) -> int | None:
-    """The first port in use among the blocks of ``nodes`` nodes from ``base``, or None."""
+    """The first port in use (or reserved by a fleet being started) among the blocks of ``nodes`` nodes, or None."""
     for node in range(nodes):
+        if _reserved(base + node * PORT_BLOCK):
+            return base + node * PORT_BLOCK
         ports = ports_of(base + node * PORT_BLOCK)
         named = [ports[n] for n in _PORT_NAMES]
         workers = range(ports["min_worker"], ports["max_worker"] + 1)
@@ -314,7 +356,11 @@ class LocalFleet:
                 f"stop it with 'rayfleet local down --name {self.name}', or choose another name",
             )
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        bases = self._choose_ports()
+        with _reservation_lock():
+            bases = self._choose_ports()
+            blocks = [b + k * PORT_BLOCK for b, spec in zip(bases, self.specs, strict=True)
+                      for k in range(1 + len(spec.workers))]  # fmt: skip
+            _reserve(blocks)
         try:
             self.running = []
             for spec, base in zip(self.specs, bases, strict=True):
@@ -332,6 +378,8 @@ class LocalFleet:
         except BaseException:
             self.down()
             raise
+        finally:
+            _release(blocks)  # bound by Ray now (or given up)
         self._write_fleet_file()
         return self
 

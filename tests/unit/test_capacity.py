@@ -23,7 +23,9 @@ PAYLOAD = {
                     "bb": {"CPU": [1.0, 2.0], "GPU": [1.0, 2.0], "acceleratorType:A100": [0.001, 1.0],
                            "gpuH10080Gb": [0.0, 4.0], "memory": [0.0, 2e9], "node:127.0.0.1": [0.0, 1.0],
                            "objectStoreMemory": [0.0, 1e8]},
-                    "aa": {"CPU": [0.0, 4.0], "memory": [1e9, 4e9]},
+                    "aa": {"CPU": [0.0, 4.0], "memory": [1e9, 4e9],
+                           "CPUGroup0714Dbfac0835Bef8C9Ba3003Cf6302000000": [0.0, 1.0],  # a placement group's
+                           "bundleGroup714Dbfac0835Bef8C9Ba3003Cf6302000000": [0.0, 1000.0]},
                 },
                 "resourceDemand": [[{"GPU": 3.0}, 2]],
                 "pgDemand": [],
