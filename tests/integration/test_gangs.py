@@ -68,6 +68,8 @@ def test_a_gang_that_fits_in_total_but_not_per_node_is_not_placed_there(fleet: F
 
 def test_a_gang_that_cannot_be_reserved_fails_over_to_another_cluster(fleet: Fleet, gang_fleet: LocalFleet) -> None:
     gang = Gang.of(2, Resources(cpu=1, gpu=1), strategy="PACK")
+    # the earlier tests' reservations are released a little after their jobs end: start from idle clusters
+    poll(lambda: all(s.sum("GPU", "free") == 2 for s in fleet.snapshots(max_age=0).values()), timeout=60)
     fleet.snapshots(max_age=0)  # one reading, kept (probe_ttl_s=3600): it will be stale on purpose
     assert fleet.explain(gang=gang).chosen.cluster == "fat"  # binpack packs it onto fat's one node ...
     fat = next(c for c in gang_fleet.running if c.name == "fat")

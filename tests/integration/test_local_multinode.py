@@ -142,6 +142,8 @@ def test_two_autoscaling_clusters_scale_up_at_once(autoscaling: LocalFleet, tmp_
         jobs = [c.submit_job(entrypoint=PRINT_GPUS, entrypoint_num_gpus=1) for c in clients]
         assert [wait_job(c, j) for c, j in zip(clients, jobs, strict=True)] == [JobStatus.SUCCEEDED] * 2
         assert all("visible 0" in c.get_job_logs(j) for c, j in zip(clients, jobs, strict=True))
+    # leave the shared cluster as the next test expects it: its idle GPU node removed again
+    poll(lambda: len(nodes(autoscaling.running[0].address)) == 1, timeout=60)
 
 
 def test_down_from_the_state_file_stops_heads_workers_and_fake_nodes(
@@ -150,8 +152,8 @@ def test_down_from_the_state_file_stops_heads_workers_and_fake_nodes(
     """Last in this module: it stops both shared clusters (as ``rayfleet local down`` would, from another object)."""
     elastic = autoscaling.running[0]
     client = JobSubmissionClient(elastic.address)
-    client.submit_job(entrypoint="sleep 600", entrypoint_num_gpus=1)  # keeps a fake GPU node up through down()
-    poll(lambda: len(nodes(elastic.address)) == 2, timeout=60)
+    job = client.submit_job(entrypoint="sleep 600", entrypoint_num_gpus=1)  # keeps a fake GPU node up through down()
+    poll(lambda: client.get_job_status(job) == JobStatus.RUNNING, timeout=90)
 
     recorded = [c.pid for f in (multinode, autoscaling) for c in f.running]
     recorded += [w.pid for c in multinode.running for w in c.workers]
