@@ -120,3 +120,24 @@ def emit(name: str, document: dict[str, Any]) -> Path:
     path.write_text(text + "\n")
     print(text)
     return path
+
+
+def profile_rows(profiler: Any, per: int, unit: str, top: int) -> list[dict[str, Any]]:
+    """The ``top`` functions of a cProfile run by cumulative time, per ``unit`` (e.g. per submit), ``per`` units."""
+    import io
+    import pstats
+
+    stats = pstats.Stats(profiler, stream=io.StringIO())
+    rows = []
+    for (filename, line, func), (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        where = filename.split("site-packages/")[-1].split("/main/")[-1]
+        rows.append(
+            {
+                "function": f"{where}:{line}({func})",
+                f"calls_per_{unit}": round(ncalls / per, 1),
+                f"own_ms_per_{unit}": round(tottime / per * 1000, 4),
+                f"cum_ms_per_{unit}": round(cumtime / per * 1000, 4),
+            }
+        )
+    rows.sort(key=lambda r: r[f"cum_ms_per_{unit}"], reverse=True)
+    return rows[:top]

@@ -14,15 +14,13 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import io
-import pstats
 import random
 import sys
 import time
 from collections import Counter
 from typing import Any
 
-from _common import command, emit, loadavg, machine, source, stats_ms, utc_now
+from _common import command, emit, loadavg, machine, profile_rows, source, stats_ms, utc_now
 
 from rayfleet import Cluster, Resources
 from rayfleet.capacity import ClusterSnapshot
@@ -152,20 +150,7 @@ def profile_cell(
     for request in requests:
         place(request, clusters, snapshots, holds or ())
     profiler.disable()
-    stats = pstats.Stats(profiler, stream=io.StringIO())
-    rows = []
-    for (filename, line, func), (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        where = filename.split("site-packages/")[-1].split("/main/")[-1]
-        rows.append(
-            {
-                "function": f"{where}:{line}({func})",
-                "calls_per_decision": round(ncalls / decisions, 1),
-                "own_ms_per_decision": round(tottime / decisions * 1000, 4),
-                "cum_ms_per_decision": round(cumtime / decisions * 1000, 4),
-            }
-        )
-    rows.sort(key=lambda r: r["cum_ms_per_decision"], reverse=True)
-    return rows[:top]
+    return profile_rows(profiler, decisions, "decision", top)
 
 
 def pending_scaling(seed: int, counts: tuple[int, ...] = (0, 10, 100, 1000), decisions: int = 30) -> list[dict]:

@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import functools
-import io
 import os
-import pstats
 import statistics
 import sys
 import tempfile
@@ -39,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import command, emit, loadavg, machine, source, stats_ms, utc_now
+from _common import command, emit, loadavg, machine, profile_rows, source, stats_ms, utc_now
 
 import rayfleet
 from rayfleet import Fleet, LocalClusterSpec, local_fleet
@@ -306,20 +304,7 @@ def profile_cold(fleet: Fleet, n: int, gap_s: float, top: int = 25) -> list[dict
         fleet.submit(ENTRYPOINT, {"cpu": 1})
         profiler.disable()
         time.sleep(gap_s)
-    stats = pstats.Stats(profiler, stream=io.StringIO())
-    rows = []
-    for (filename, line, func), (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        where = filename.split("site-packages/")[-1].split("/main/")[-1]
-        rows.append(
-            {
-                "function": f"{where}:{line}({func})",
-                "calls_per_submit": round(ncalls / n, 1),
-                "own_ms_per_submit": round(tottime / n * 1000, 3),
-                "cum_ms_per_submit": round(cumtime / n * 1000, 3),
-            }
-        )
-    rows.sort(key=lambda r: r["cum_ms_per_submit"], reverse=True)
-    return rows[:top]
+    return profile_rows(profiler, n, "submit", top)
 
 
 def main() -> int:
