@@ -5,6 +5,7 @@ Run it with `bash scripts/demo.sh` (it makes the virtual environment first), or 
 
 from __future__ import annotations
 
+import sys
 import tempfile
 
 from rich.console import Console
@@ -13,7 +14,7 @@ from rich.table import Table
 import rayfleet
 from rayfleet.cli import render_decision
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 120)  # logs and CI: wide enough for the tables
 
 PI = (
     'python -c "import ray, random; ray.init(); '
