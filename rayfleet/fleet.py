@@ -86,6 +86,7 @@ class Fleet:
                 "no fleet in the environment ($RAYFLEET_FLEET or $RAYFLEET_FLEET_FILE)",
                 "run this inside a job submitted by rayfleet, or set RAYFLEET_FLEET_FILE to a fleet file",
             )
+        kwargs.setdefault("provisioners", [])  # a nested job dispatches to clusters; it creates none (no credentials)
         return cls(config=config, **kwargs)
 
     def __enter__(self) -> Fleet:
