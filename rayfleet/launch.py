@@ -37,6 +37,13 @@ Exit codes and log markers a dispatcher can rely on (a marker is a whole line of
   had started) and removes the group.
 - ``rayfleet: command lost`` and exit ``COMMAND_LOST_EXIT`` (77) -- the task that ran the command died (its node
   died, for instance): the command started and may or may not have finished.
+
+A job can be a member of a group (``"group"`` in the spec, see docs/groups.md): then no member runs its command until
+every member has reserved. Between "placement group ready" and "run the command" the launcher writes
+``reserved-<member>`` into the group's rendezvous directory and waits for the group's one ``decision`` (``go`` or
+``abort``), made once by an exclusive create; it prints ``rayfleet: group member reserved ...`` then either
+``rayfleet: group go ...`` (and runs the command as above) or ``rayfleet: group aborted: <why>`` and exits
+``RESERVATION_TIMEOUT_EXIT`` (75) without running it.
 """
 
 from __future__ import annotations
@@ -44,8 +51,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib
 import json
 import os
+import re
+import secrets
 import select
 import shlex
 import shutil
@@ -54,7 +64,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +83,9 @@ TIMEOUT_MARKER = "rayfleet: reservation timed out"
 ERROR_MARKER = "rayfleet: launcher error"
 LOST_MARKER = "rayfleet: command lost"
 STOPPED_MARKER = "rayfleet: stopped"
+GROUP_RESERVED_MARKER = "rayfleet: group member reserved"  # this member holds its reservation; the group decides
+GROUP_GO_MARKER = "rayfleet: group go"  # every member reserved: the command is about to start
+GROUP_ABORTED_MARKER = "rayfleet: group aborted"  # exit 75: the group withdrew, the command never ran
 
 PACKAGE = "rayfleet_launcher"  # the name of the package wrap() ships with a job
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
@@ -128,7 +142,12 @@ def parse_spec(raw: str | Mapping[str, Any]) -> dict[str, Any]:
     driver = raw.get("driver_bundle", 0)
     if isinstance(driver, bool) or not isinstance(driver, int) or not 0 <= driver < len(clean):
         raise SpecError(f"'driver_bundle' must be a bundle index in [0, {len(clean)}), not {driver!r}")
-    return {"bundles": clean, "strategy": strategy, "timeout_s": float(timeout_s), "driver_bundle": driver}
+    spec: dict[str, Any] = {
+        "bundles": clean, "strategy": strategy, "timeout_s": float(timeout_s), "driver_bundle": driver
+    }  # fmt: skip
+    if raw.get("group") is not None:
+        spec["group"] = parse_group(raw["group"])
+    return spec
 
 
 def task_options(bundle: Mapping[str, float]) -> dict[str, Any]:
@@ -248,6 +267,11 @@ def reserve_and_run(command: str, spec: Mapping[str, Any]) -> int:
     submission = _submission_id()
     name = f"rayfleet:{submission}" if submission else ""
     started = time.monotonic()
+    rendezvous = None
+    if spec.get("group") is not None:
+        rendezvous, code = _join_group(spec["group"])
+        if rendezvous is None:
+            return code
     try:
         pg = placement_group(bundles, strategy=strategy, name=name)
     except Exception as e:  # Ray validates bundles and strategy too
@@ -255,7 +279,11 @@ def reserve_and_run(command: str, spec: Mapping[str, Any]) -> int:
         return LAUNCHER_ERROR_EXIT
     generator = None
     try:
-        if not _wait_ready(pg, timeout_s):
+        if rendezvous is not None:
+            code = _settle_group(pg, spec, rendezvous, started, submission)
+            if code is not None:
+                return code
+        elif not _wait_ready(pg, timeout_s):
             remove_placement_group(pg)
             _say(
                 f"{TIMEOUT_MARKER} after {timeout_s:g} s: {len(bundles)} bundles {strategy} {json.dumps(bundles)}; "
@@ -333,6 +361,363 @@ def _cancel(generator: Any) -> None:
         pass
     with contextlib.suppress(Exception):
         ray.cancel(generator, force=True)
+
+
+# --- groups: no member runs its command until every member of the group has reserved ------------------------------
+
+GO, ABORT = "go", "abort"
+# What a member does next (`next_action`): obey a decision, propose one, or wait.
+PROPOSE_GO, PROPOSE_ABORT, WAIT, WITHDRAW = "propose-go", "propose-abort", "wait", "withdraw"
+DECISION_FILE = "decision"
+RESERVED_PREFIX = "reserved-"
+DEFAULT_GROUP_POLL_S = 0.2
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_GROUP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class RendezvousError(RuntimeError):
+    """The group's rendezvous storage could not be read or written (for longer than the group can wait)."""
+
+
+def parse_group(raw: Any) -> dict[str, Any]:
+    """Validate a group spec ``{"uri", "id", "member", "size", "timeout_s"[, "poll_s"]}`` and return it normalized.
+
+    Raises:
+        SpecError: with what is wrong.
+    """
+    if not isinstance(raw, Mapping):
+        raise SpecError("'group' must be an object with uri, id, member, size and timeout_s")
+    unknown = sorted(set(raw) - {"uri", "id", "member", "size", "timeout_s", "poll_s"})
+    if unknown:
+        raise SpecError(f"'group' has unknown keys {unknown}")
+    uri, group_id, member, size = raw.get("uri"), raw.get("id"), raw.get("member"), raw.get("size")
+    if not isinstance(uri, str) or not uri.strip():
+        raise SpecError("'group.uri' must be a directory or an fsspec URI (e.g. s3://bucket/groups)")
+    if not isinstance(group_id, str) or not _GROUP_ID.match(group_id):
+        raise SpecError(f"'group.id' must be 1-128 letters, digits, '.', '_' or '-', not {group_id!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise SpecError(f"'group.size' must be a whole number >= 1, not {size!r}")
+    if isinstance(member, bool) or not isinstance(member, int) or not 0 <= member < size:
+        raise SpecError(f"'group.member' must be an index in [0, {size}), not {member!r}")
+    out: dict[str, Any] = {"uri": uri, "id": group_id, "member": member, "size": size}
+    for key, default in (("timeout_s", None), ("poll_s", DEFAULT_GROUP_POLL_S)):
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise SpecError(f"'group.{key}' must be a number of seconds > 0, not {value!r}")
+        out[key] = float(value)
+    return out
+
+
+def next_action(decision: str | None, reserved: Sequence[int] | set[int], size: int, me: int, expired: bool) -> str:
+    """The group's rule, for member ``me`` of ``size``: what to do now.
+
+    Args:
+        decision: the group's decision so far (``"go"``, ``"abort"``) or None.
+        reserved: the members whose ``reserved-<i>`` exists.
+        expired: whether this member's deadline has passed.
+
+    Returns:
+        ``"go"`` / ``"abort"``: obey the decision. ``"propose-go"``: every member is reserved, try to decide go.
+        ``"propose-abort"``: no decision and the deadline passed, try to decide abort. ``"wait"``: look again soon.
+        ``"withdraw"``: the group went without this member's reservation (the protocol makes that impossible; a member
+        that sees it must not run).
+
+    Example:
+        >>> next_action(None, {0, 1}, 2, 0, expired=False), next_action(None, {0}, 2, 0, expired=True)
+        ('propose-go', 'propose-abort')
+    """
+    if decision == ABORT:
+        return ABORT
+    if decision == GO:
+        return GO if me in reserved else (WITHDRAW if expired else WAIT)
+    if all(i in reserved for i in range(size)):
+        return PROPOSE_GO
+    return PROPOSE_ABORT if expired else WAIT
+
+
+@dataclass(frozen=True)
+class GroupDecision:
+    """The group's one decision. ``by`` says who made it (``member <i>`` or ``dispatcher``), ``at`` is wall time."""
+
+    outcome: str
+    by: str
+    reason: str
+    at: float
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"decision": self.outcome, "by": self.by, "reason": self.reason, "at": self.at}).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | None) -> GroupDecision | None:
+        """None while there is no decision (or it is still being written); an unreadable one counts as abort, which
+        never runs anything."""
+        if not data:
+            return None
+        try:
+            raw = json.loads(data)
+            if raw["decision"] in (GO, ABORT):
+                return cls(raw["decision"], str(raw.get("by", "?")), str(raw.get("reason", "")), float(raw["at"]))
+        except (ValueError, KeyError, TypeError):
+            pass
+        return cls(ABORT, "?", f"the decision file is unreadable: {data[:80]!r}", 0.0)
+
+
+class LocalStore:
+    """A rendezvous directory on a filesystem every member can reach: this machine's (the local fleet) or a shared
+    mount. The decision's exclusive create is a hard link of a complete temporary file (atomic, and never seen half
+    written); where links are not supported, ``O_CREAT | O_EXCL``."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.path)!r})"
+
+    def _temp(self, data: bytes) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        temp = self.path / f".tmp-{os.getpid()}-{secrets.token_hex(6)}"
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return temp
+
+    def write(self, name: str, data: bytes) -> None:
+        """Write (or replace) ``name`` atomically."""
+        os.replace(self._temp(data), self.path / name)
+
+    def create(self, name: str, data: bytes) -> bool:
+        """Create ``name`` only if it does not exist; False when it does."""
+        temp = self._temp(data)
+        try:
+            os.link(temp, self.path / name)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here: O_EXCL (a reader may briefly see it empty, and waits)
+            try:
+                fd = os.open(self.path / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return True
+        finally:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+
+    def read(self, name: str) -> bytes | None:
+        try:
+            return (self.path / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def names(self) -> list[str]:
+        try:
+            return [n for n in os.listdir(self.path) if not n.startswith(".")]
+        except FileNotFoundError:
+            return []
+
+
+class FsspecStore:
+    """A rendezvous under an fsspec URI (``s3://bucket/prefix``, ``gs://...``, ``memory://...``). fsspec (and the
+    backend's package) must be installed where the URI is used; it is imported only here. The decision's exclusive
+    create is ``pipe_file(mode="create")``: atomic where the backend turns it into a conditional write (s3fs:
+    ``If-None-Match: *``; gcsfs: ``ifGenerationMatch=0``), a check-then-write that two writers can race elsewhere."""
+
+    def __init__(self, uri: str) -> None:
+        fsspec = importlib.import_module("fsspec")  # optional: the launcher needs it only for URIs with a scheme
+        self.uri = uri.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.uri)
+
+    def __repr__(self) -> str:
+        return f"FsspecStore({self.uri!r})"
+
+    def _path(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{name}"
+
+    def write(self, name: str, data: bytes) -> None:
+        self.fs.pipe_file(self._path(name), data)
+
+    def create(self, name: str, data: bytes) -> bool:
+        try:
+            self.fs.pipe_file(self._path(name), data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+
+    def read(self, name: str) -> bytes | None:
+        try:
+            return self.fs.cat_file(self._path(name))
+        except FileNotFoundError:
+            return None
+
+    def names(self) -> list[str]:
+        self.fs.invalidate_cache(self.root)  # listings are cached by some backends: members must see new files
+        try:
+            return [str(p).rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)]
+        except FileNotFoundError:
+            return []
+
+
+def open_store(uri: str, group_id: str) -> LocalStore | FsspecStore:
+    """The rendezvous of group ``group_id`` under ``uri``: a local directory, or (a URI with a scheme other than
+    ``file://``) an fsspec location."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if _SCHEME.match(uri):
+        return FsspecStore(f"{uri.rstrip('/')}/{group_id}")
+    return LocalStore(Path(uri).expanduser() / group_id)
+
+
+class Rendezvous:
+    """One group's rendezvous, as seen by a member or the dispatcher: who has reserved, and the one decision.
+
+    Args:
+        store: where the group's files are (`LocalStore` or `FsspecStore`).
+        size: the number of members.
+        timeout_s: how long each member waits from its start (for messages).
+    """
+
+    def __init__(self, store: Any, size: int, timeout_s: float) -> None:
+        self.store, self.size, self.timeout_s = store, size, timeout_s
+
+    def decision(self) -> GroupDecision | None:
+        return GroupDecision.from_bytes(self.store.read(DECISION_FILE))
+
+    def reserved(self) -> dict[int, dict[str, Any]]:
+        """Member index -> what it wrote when it reserved."""
+        out = {}
+        for name in self.store.names():
+            index = name[len(RESERVED_PREFIX) :]
+            if name.startswith(RESERVED_PREFIX) and index.isdigit() and int(index) < self.size:
+                with contextlib.suppress(ValueError, TypeError):
+                    out[int(index)] = json.loads(self.store.read(name) or b"{}")
+        return out
+
+    def announce(self, member: int, info: Mapping[str, Any]) -> None:
+        """Member ``member`` holds its reservation (and keeps it until the decision)."""
+        self.store.write(f"{RESERVED_PREFIX}{member}", json.dumps({"member": member, **info}).encode())
+
+    def propose(self, outcome: str, reason: str, by: str) -> GroupDecision | None:
+        """Try to make the decision; return the one in force (ours, or the one that won the race)."""
+        self.store.create(DECISION_FILE, GroupDecision(outcome, by, reason, time.time()).to_bytes())
+        return self.decision()
+
+    def step(self, member: int, expired: bool) -> GroupDecision | None:
+        """One turn of member ``member``'s rule (`next_action`): the decision to obey, or None to look again."""
+        decision = self.decision()
+        reserved = set(self.reserved()) if decision is None or decision.outcome == GO else set()
+        action = next_action(decision.outcome if decision else None, reserved, self.size, member, expired)
+        if action in (GO, ABORT):
+            return decision
+        if action == WITHDRAW:
+            return GroupDecision(ABORT, f"member {member}", "the group went without this member's reservation", 0.0)
+        if action == PROPOSE_GO:
+            return self.propose(GO, f"all {self.size} members reserved", f"member {member}")
+        if action == PROPOSE_ABORT:
+            missing = [i for i in range(self.size) if i not in reserved]
+            return self.propose(
+                ABORT, f"member(s) {missing} not reserved within {self.timeout_s:g} s", f"member {member}"
+            )
+        return None
+
+
+def settle(
+    rendezvous: Rendezvous,
+    member: int,
+    wait_ready: Callable[[float], bool],
+    *,
+    deadline: float,
+    info: Callable[[], Mapping[str, Any]] = dict,
+    poll_s: float = DEFAULT_GROUP_POLL_S,
+    grace_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[GroupDecision, bool]:
+    """Member ``member``'s side of the protocol, from "placement group created" to the group's decision.
+
+    Waits for its reservation (``wait_ready(t)``: whether it became ready within ``t`` seconds), then writes
+    ``reserved-<member>`` (with ``info()``), and follows `Rendezvous.step` until there is a decision. Storage errors
+    are retried until ``deadline + grace_s`` (default: the timeout again).
+
+    Returns:
+        The decision, and whether this member announced its reservation.
+
+    Raises:
+        RendezvousError: the storage kept failing past the grace period: the member must withdraw without running.
+    """
+    grace = rendezvous.timeout_s if grace_s is None else grace_s
+    ready = announced = False
+    details: dict[str, Any] | None = None
+    while True:
+        if not ready:
+            ready = wait_ready(max(0.0, min(poll_s, deadline - clock())))
+            if ready:
+                details = {"at": time.time(), **info()}
+        try:
+            if details is not None and not announced:
+                rendezvous.announce(member, details)
+                announced = True
+            decision = rendezvous.step(member, expired=clock() >= deadline)
+            if decision is not None:
+                return decision, announced
+        except Exception as e:
+            if clock() >= deadline + grace:
+                raise RendezvousError(f"the group's rendezvous {rendezvous.store!r} failed: {e}") from e
+        if ready or clock() >= deadline:
+            sleep(poll_s)
+
+
+def _join_group(group: Mapping[str, Any]) -> tuple[Rendezvous | None, int]:
+    """The group's rendezvous, if it can be reached and has not aborted already; else None and the exit code."""
+    try:
+        rendezvous = Rendezvous(open_store(group["uri"], group["id"]), group["size"], group["timeout_s"])
+        early = rendezvous.decision()
+    except Exception as e:
+        _say(f"{ERROR_MARKER}: cannot reach the rendezvous of group {group['id']} at {group['uri']}: {e}")
+        return None, LAUNCHER_ERROR_EXIT
+    if early is not None and early.outcome == ABORT:
+        _say(f"{GROUP_ABORTED_MARKER}: {early.reason} (decided by {early.by}); the command did not run")
+        return None, RESERVATION_TIMEOUT_EXIT
+    return rendezvous, 0
+
+
+def _settle_group(pg: Any, spec: Mapping[str, Any], rendezvous: Rendezvous, started: float, submission: str | None
+                  ) -> int | None:  # fmt: skip
+    """Between "placement group created" and "run the command", for a group member: None to run the command, or the
+    exit code to withdraw with (the placement group is removed by the caller)."""
+    import ray
+
+    group, ready_ref = spec["group"], pg.ready()
+    member = group["member"]
+
+    def wait_ready(timeout: float) -> bool:
+        return bool(ray.wait([ready_ref], timeout=timeout)[0])
+
+    def info() -> dict[str, Any]:
+        waited = time.monotonic() - started
+        _say(f"{GROUP_RESERVED_MARKER} {member} of {group['size']} (group {group['id']}, placement group "
+             f"{pg.id.hex()}, {waited:.2f} s); waiting for the group's decision")  # fmt: skip
+        return {"placement_group": pg.id.hex(), "submission_id": submission, "waited_s": round(waited, 3)}
+
+    try:
+        decision, announced = settle(
+            rendezvous, member, wait_ready, deadline=started + group["timeout_s"], info=info, poll_s=group["poll_s"]
+        )
+    except RendezvousError as e:
+        _say(f"{ERROR_MARKER}: {e}; the command did not run")
+        return LAUNCHER_ERROR_EXIT
+    except BaseException:  # stopped (SIGTERM) before the decision: make the others withdraw too, if still possible
+        with contextlib.suppress(Exception):
+            rendezvous.propose(ABORT, f"member {member} was stopped before the group's decision", f"member {member}")
+        raise
+    if decision.outcome == GO and announced:
+        _say(f"{GROUP_GO_MARKER}: all {group['size']} members reserved (decided by {decision.by})")
+        return None
+    _say(f"{GROUP_ABORTED_MARKER}: {decision.reason} (decided by {decision.by}); the placement group was removed and "
+         "the command did not run")  # fmt: skip
+    return RESERVATION_TIMEOUT_EXIT
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -419,8 +804,14 @@ def wrap(
     strategy: str,
     timeout_s: float,
     driver_bundle: int = 0,
+    *,
+    group: Mapping[str, Any] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Put the launcher around ``entrypoint``.
+
+    Args:
+        group: makes the job member ``group["member"]`` of a group (see `parse_group` and docs/groups.md): it runs its
+            command only once every member has reserved, and withdraws (exit 75) when the group aborts.
 
     Returns:
         The new entrypoint, and the runtime_env additions to merge into the job's (``merge_runtime_env``):
@@ -430,9 +821,12 @@ def wrap(
     Raises:
         SpecError: the gang is malformed.
     """
-    spec = parse_spec(
-        {"bundles": bundles, "strategy": strategy, "timeout_s": timeout_s, "driver_bundle": driver_bundle}
-    )
+    raw: dict[str, Any] = {
+        "bundles": bundles, "strategy": strategy, "timeout_s": timeout_s, "driver_bundle": driver_bundle
+    }  # fmt: skip
+    if group is not None:
+        raw["group"] = group
+    spec = parse_spec(raw)
     if not entrypoint.strip():
         raise SpecError("the entrypoint is empty")
     new = f"python -m {PACKAGE} {shlex.quote(entrypoint)}"
