@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import getpass
+import json
 import logging
 import re
 import socket
@@ -174,30 +175,36 @@ class KubeRayProvisioner:
             for attempt in Retrying(**retry.KUBERNETES):
                 with attempt:
                     return fn(*args, **kwargs)
-        except ApiException as e:
-            if e.status == 403:
-                raise ProvisioningError(
-                    f"Kubernetes refused to {what} (403 Forbidden): {(e.reason or '').strip()}",
-                    RBAC_HINT.format(ns=self.config.namespace),
-                    provisioner=self.name,
-                    cluster=cluster,
-                    status=403,
-                ) from None
-            raise ProvisioningError(
-                f"Kubernetes could not {what}: HTTP {e.status} {(e.reason or '').strip()}",
-                "check the API server and the namespace; transient errors were retried",
-                provisioner=self.name,
-                cluster=cluster,
-                status=e.status,
-            ) from None
-        except retry.TRANSPORT_ERRORS as e:
-            raise ProvisioningError(
-                f"the Kubernetes API of {self.name} did not answer while trying to {what}: {type(e).__name__}",
+        except (ApiException, *retry.TRANSPORT_ERRORS) as e:
+            raise self._translate(e, what, cluster) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _translate(self, error: BaseException, what: str, cluster: str | None) -> ProvisioningError:
+        """The one place where the Kubernetes client's errors become `ProvisioningError` with a status and a fix."""
+        if not isinstance(error, self._k8s.client.exceptions.ApiException):
+            return ProvisioningError(
+                f"the Kubernetes API of {self.name} did not answer while trying to {what}: {type(error).__name__}",
                 "check the API server address and the network; the call was retried",
                 provisioner=self.name,
                 cluster=cluster,
-            ) from None
-        raise AssertionError("unreachable")  # pragma: no cover
+            )
+        status = error.status
+        said = _status_message(error)
+        ns = self.config.namespace
+        hints = {
+            401: "the API server refused the credentials: refresh them (kubectl get pods -n NS works?) or fix the "
+            "kubeconfig user / service account token".replace("NS", ns),
+            403: RBAC_HINT.format(ns=ns),
+            404: f"check that the KubeRay operator (the CRD rayclusters.ray.io) is installed and namespace {ns} exists",
+            409: "another writer changed or holds the object; retry",
+            422: "the API server rejected the RayCluster manifest: check the template's fields",
+        }
+        if status == 403:
+            message = f"Kubernetes refused to {what} (403 Forbidden): {said}"
+        else:
+            message = f"Kubernetes could not {what}: HTTP {status} {said}".rstrip()
+        hint = hints.get(status, "check the API server and the namespace; transient errors were retried")
+        return ProvisioningError(message, hint, provisioner=self.name, cluster=cluster, status=status)
 
     def _get(self, name: str) -> dict[str, Any] | None:
         try:
@@ -258,14 +265,23 @@ class KubeRayProvisioner:
         )
 
     def wait_ready(self, cluster: ManagedCluster, timeout: float) -> Cluster:
-        """Watch the RayCluster until it is ready (resuming a dropped watch); return it as a fleet `Cluster`."""
+        """Watch the RayCluster until it is ready (resuming a dropped watch); return it as a fleet `Cluster`.
+
+        A watch that fails (429, 5xx, a dropped connection) or ends at once is resumed after a pause that grows
+        (1/4 s, doubling, at most 5 s) or the server's Retry-After, so a sick API server is not hammered.
+
+        Raises:
+            ProvisioningError: it failed, was deleted, was not ready in time, or the API refused (e.g. 403 on watch).
+        """
         deadline = time.monotonic() + timeout
         obj = self._call(f"read RayCluster {cluster.name}", self._get, cluster.name, cluster=cluster.name)
+        failures = 0
         while True:
             if obj is None:
                 raise ProvisioningError(
                     f"RayCluster {cluster.name} was deleted while starting",
-                    "",
+                    "something else deleted it (a person, or 'rayfleet gc' of a fleet with the same name); "
+                    "the job goes to another template or cluster",
                     provisioner=self.name,
                     cluster=cluster.name,
                 )
@@ -276,7 +292,7 @@ class KubeRayProvisioner:
                     provisioner=self.name,
                     cluster=cluster.name,
                 )
-            if is_ready(obj) and (address := self._address(obj)) is not None:
+            if is_ready(obj) and (address := self._address_of(cluster.name, obj)) is not None:
                 return self._as_cluster(cluster, address)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -286,12 +302,38 @@ class KubeRayProvisioner:
                     provisioner=self.name,
                     cluster=cluster.name,
                 )
-            obj = self._watch_for_change(cluster.name, obj, remaining) or self._call(
+            started = time.monotonic()
+            changed, failed, retry_after = self._watch_for_change(cluster.name, obj, remaining)
+            if changed is None and (failed or time.monotonic() - started < 1.0):
+                failures += 1
+                pause = retry_after if retry_after is not None else min(5.0, 0.25 * 2 ** (failures - 1))
+                time.sleep(max(0.0, min(pause, 10.0, deadline - time.monotonic())))
+            elif changed is not None:
+                failures = 0
+            obj = changed or self._call(
                 f"read RayCluster {cluster.name}", self._get, cluster.name, cluster=cluster.name
             )
 
-    def _watch_for_change(self, name: str, obj: Mapping[str, Any], remaining: float) -> dict[str, Any] | None:
-        """The next version of the object from a watch; ``None`` when the watch ended (caller re-reads)."""
+    def _address_of(self, name: str, obj: Mapping[str, Any]) -> str | None:
+        try:
+            return self._address(obj)
+        except (ValueError, KeyError, IndexError, OSError) as e:  # a template that does not expand, a port in use
+            raise ProvisioningError(
+                f"cannot make the dashboard address of RayCluster {name}: {type(e).__name__}: {e}",
+                "check the provisioner's access and url_template",
+                provisioner=self.name,
+                cluster=name,
+            ) from None
+
+    def _watch_for_change(
+        self, name: str, obj: Mapping[str, Any], remaining: float
+    ) -> tuple[dict[str, Any] | None, bool, float | None]:
+        """The next version of the object from a watch, or ``None`` when the watch ended without one (the caller
+        re-reads); whether the watch failed (429, 5xx, a dropped connection); and the server's Retry-After, if any.
+
+        Raises:
+            ProvisioningError: the API refused the watch (403 without the watch verb, 401, 404).
+        """
         k8s = self._k8s
         version = (obj.get("metadata") or {}).get("resourceVersion")
         watch = k8s.watch.Watch()
@@ -309,20 +351,23 @@ class KubeRayProvisioner:
             ):
                 changed = event.get("object") or {}
                 if event.get("type") == "ERROR":
-                    return None  # 410 Gone or similar: re-read, then watch from the new version
+                    return None, False, None  # (a server that does not raise for it) re-read, then watch from there
                 if (changed.get("metadata") or {}).get("name") != name:
                     continue  # some servers ignore field selectors
                 if event.get("type") == "DELETED":
-                    return None
-                return changed
+                    return None, False, None
+                return changed, False, None
         except k8s.client.exceptions.ApiException as e:
-            if e.status not in (410, 429) and e.status < 500:
-                raise
+            if e.status == 410:  # the resourceVersion expired: re-read, then watch from the new version
+                return None, False, None
+            if e.status == 429 or (e.status or 0) >= 500:
+                return None, True, _retry_after_seconds(e)
+            raise self._translate(e, f"watch RayCluster {name}", name) from None
         except retry.TRANSPORT_ERRORS:
-            pass  # the watch dropped: resume from a fresh read
+            return None, True, None  # the watch dropped or timed out: resume from a fresh read, after a pause
         finally:
             watch.stop()
-        return None
+        return None, False, None
 
     def _address(self, obj: Mapping[str, Any]) -> str | None:
         if self.config.access == "port_forward":
@@ -358,6 +403,9 @@ class KubeRayProvisioner:
         forward = self._forwards.pop(cluster.name, None)
         if forward is not None:
             forward.close()
+        # the uid precondition makes the ownership check hold at the moment of deletion: if the object was replaced
+        # since it was read (by someone else's under the same name), the API server refuses with 409
+        uid = (obj.get("metadata") or {}).get("uid")
         try:
             self._call(
                 f"delete RayCluster {cluster.name}",
@@ -367,6 +415,7 @@ class KubeRayProvisioner:
                 self.config.namespace,
                 PLURAL,
                 cluster.name,
+                body={"preconditions": {"uid": uid}} if uid else None,
                 cluster=cluster.name,
             )
         except ProvisioningError as e:
@@ -426,6 +475,24 @@ class KubeRayProvisioner:
         self._api_client.close()
 
 
+def _status_message(error: Any) -> str:
+    """What the API server said: the ``message`` of the Status in the body, else the HTTP reason."""
+    try:
+        message = json.loads(error.body or "{}").get("message")
+    except (TypeError, ValueError, AttributeError):
+        message = None
+    return str(message or error.reason or "").strip()[:300]
+
+
+def _retry_after_seconds(error: Any) -> float | None:
+    """A 429/5xx answer's Retry-After in seconds (capped at 10 like the KUBERNETES policy); None without one."""
+    headers = getattr(error, "headers", None) or {}
+    try:
+        return max(0.0, min(10.0, float(headers.get("Retry-After", ""))))
+    except (TypeError, ValueError):
+        return None
+
+
 def _timestamp(text: str | None) -> float | None:
     """An RFC 3339 time (``2026-11-28T14:00:00Z``) as a Unix time; None for none or a malformed one."""
     if not text:
@@ -455,7 +522,11 @@ class PortForward:
             self.namespace, label_selector=f"ray.io/cluster={self.cluster},ray.io/node-type=head"
         )
         if not pods.items:
-            raise ProvisioningError(f"no head pod for RayCluster {self.cluster}", "", provisioner="port-forward")
+            raise ProvisioningError(
+                f"no head pod for RayCluster {self.cluster}",
+                "wait until the cluster is ready, or check its pods: kubectl get pods -l ray.io/cluster=NAME",
+                provisioner="port-forward",
+            )
         return pods.items[0].metadata.name
 
     def _accept(self) -> None:
