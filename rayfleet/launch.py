@@ -560,14 +560,17 @@ class FsspecStore:
             return []
 
 
+def is_remote_uri(uri: str) -> bool:
+    """Whether ``uri`` names an fsspec location (a scheme other than ``file://``) rather than a local directory."""
+    return bool(_SCHEME.match(uri)) and not uri.startswith("file://")
+
+
 def open_store(uri: str, group_id: str) -> LocalStore | FsspecStore:
-    """The rendezvous of group ``group_id`` under ``uri``: a local directory, or (a URI with a scheme other than
-    ``file://``) an fsspec location."""
-    if uri.startswith("file://"):
-        uri = uri[len("file://") :]
-    if _SCHEME.match(uri):
+    """The rendezvous of group ``group_id`` under ``uri``: a local directory (a path, or ``file://``), or an fsspec
+    location (a URI with another scheme)."""
+    if is_remote_uri(uri):
         return FsspecStore(f"{uri.rstrip('/')}/{group_id}")
-    return LocalStore(Path(uri).expanduser() / group_id)
+    return LocalStore(Path(uri.removeprefix("file://")).expanduser() / group_id)
 
 
 class Rendezvous:
@@ -680,6 +683,10 @@ def _join_group(group: Mapping[str, Any]) -> tuple[Rendezvous | None, int]:
     if early is not None and early.outcome == ABORT:
         _say(f"{GROUP_ABORTED_MARKER}: {early.reason} (decided by {early.by}); the command did not run")
         return None, RESERVATION_TIMEOUT_EXIT
+    if early is not None:  # a member runs only if it announced before "go": this launcher came too late (a retry?)
+        _say(f"{GROUP_ABORTED_MARKER}: the group decided go before this launcher started (decided by {early.by}); "
+             "the command did not run")  # fmt: skip
+        return None, RESERVATION_TIMEOUT_EXIT
     return rendezvous, 0
 
 
@@ -691,6 +698,8 @@ def _settle_group(pg: Any, spec: Mapping[str, Any], rendezvous: Rendezvous, star
 
     group, ready_ref = spec["group"], pg.ready()
     member = group["member"]
+    # The member's own reservation timeout may be longer than the group's (a cluster that must scale up first)
+    timeout = max(group["timeout_s"], spec["timeout_s"])
 
     def wait_ready(timeout: float) -> bool:
         return bool(ray.wait([ready_ref], timeout=timeout)[0])
@@ -703,7 +712,7 @@ def _settle_group(pg: Any, spec: Mapping[str, Any], rendezvous: Rendezvous, star
 
     try:
         decision, announced = settle(
-            rendezvous, member, wait_ready, deadline=started + group["timeout_s"], info=info, poll_s=group["poll_s"]
+            rendezvous, member, wait_ready, deadline=started + timeout, info=info, poll_s=group["poll_s"]
         )
     except RendezvousError as e:
         _say(f"{ERROR_MARKER}: {e}; the command did not run")
