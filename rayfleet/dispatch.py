@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import importlib.metadata
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 import uuid
@@ -30,7 +30,7 @@ from rayfleet.errors import (
     RayfleetError,
     UnknownClusterError,
 )
-from rayfleet.ledger import JobRecord, Ledger, ManagedClusterRecord
+from rayfleet.ledger import AttemptConflict, AttemptRecord, JobRecord, Ledger, ManagedClusterRecord
 from rayfleet.placement import Decision, Hold, PlacementRequest, place
 from rayfleet.placement.provision import Creation, Headroom, ProvisionerState, creations, headroom
 from rayfleet.provisioning.base import ManagedCluster
@@ -45,20 +45,27 @@ METADATA_PREFIX = "rayfleet."
 # A hold is dropped once the cluster's own report was computed this long after the placement: by then the job's
 # supervisor holds its resources (or waits as pending demand), so the report shows it.
 HOLD_REFLECT_S = 3.0
-# A gang's launcher waits this long for its placement group before it gives up (exit code 75) and the dispatcher
-# places the job again elsewhere: with free capacity counted at placement, a reservation that takes longer is stuck.
-DEFAULT_RESERVATION_TIMEOUT_S = 5.0
+# A job's launcher waits this long for its reservation before it gives up (exit code 75) and the dispatcher places the
+# job again elsewhere: with free capacity counted at placement, a reservation that takes longer is stuck. Placements
+# that count on a worker being added (autoscaler headroom, a new cluster) add the template's scale_up_s.
+DEFAULT_START_TIMEOUT_S = 3.0
+DEFAULT_RESERVATION_TIMEOUT_S = DEFAULT_START_TIMEOUT_S  # the name it had before queued and plain jobs used it
+# An attempt recorded PLACED that its cluster does not have after this long was never submitted: the process placing
+# it stopped first (its submit retries end well before this).
+PLACED_GRACE_S = 120.0
 
 
 @dataclass(frozen=True)
 class _Target:
-    """Where one attempt goes: a cluster, and the node and GPU model placement chose (if it chose one)."""
+    """Where one attempt goes: a cluster, the node and GPU model placement chose (if it chose one), and how long the
+    job may take to reserve its resources there (longer where a worker has to be added first)."""
 
     cluster: str
     node_id: str | None
     accelerator: str | None
     detail: str | None
     bundle_nodes: tuple[str, ...] | None = None
+    scale_up_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,14 @@ class Submission:
     metadata: Mapping[str, str]
     parent_id: str | None
     gang: Gang | None = None
-    reservation_timeout_s: float = DEFAULT_RESERVATION_TIMEOUT_S
+    start_timeout_s: float = DEFAULT_START_TIMEOUT_S
+    queue: bool = False  # when nothing can take it now: wait in the queue instead of failing
+    queue_deadline: float | None = None  # when a queued job gives up (time.time() seconds)
+    priority: int = 0
+    owner: str = ""
+    max_retries: int = 0  # new attempts after a proven loss of its cluster
+    at_least_once: bool = False  # also place it again when its cluster stays unreachable (it may then run twice)
+    group: Mapping[str, Any] | None = None  # the rendezvous of a group of jobs (rayfleet.group)
 
     def request(self, exclude: frozenset[str] = frozenset()) -> PlacementRequest:
         return PlacementRequest(self.resources, dict(self.labels), self.cluster, self.policy, exclude, self.gang)
@@ -82,18 +96,67 @@ class Submission:
     def describe(self) -> str:
         return self.gang.describe() if self.gang is not None else self.resources.describe()
 
+    @property
+    def launched(self) -> bool:
+        """Whether the job goes through the launcher (it reserves something, so its start must be confirmed)."""
+        return self.gang is not None or not self.resources.is_empty
+
     def to_json(self) -> dict[str, Any]:
-        """What the ledger keeps of the request, enough to place the job again (failover)."""
+        """What the ledger keeps of the request, enough to place the job again (failover, the queue, a retry)."""
         out: dict[str, Any] = {
             "resources": self.resources.model_dump(mode="json"),
             "labels": dict(self.labels),
             "cluster": self.cluster,
             "policy": self.policy,
+            "start_timeout_s": self.start_timeout_s,
+            "queue": self.queue,
+            "queue_deadline": self.queue_deadline,
+            "priority": self.priority,
+            "owner": self.owner,
+            "max_retries": self.max_retries,
+            "at_least_once": self.at_least_once,
         }
         if self.gang is not None:
             out["gang"] = self.gang.model_dump(mode="json")
-            out["reservation_timeout_s"] = self.reservation_timeout_s
+        if self.group is not None:
+            out["group"] = dict(self.group)
         return out
+
+    @classmethod
+    def from_job(cls, job: JobRecord) -> Submission:
+        request = job.request
+        gang = request.get("gang")
+        return cls(
+            entrypoint=job.entrypoint,
+            resources=Resources(**request.get("resources", {})),
+            runtime_env=job.runtime_env,
+            labels=dict(request.get("labels") or {}),
+            cluster=request.get("cluster"),
+            policy=request.get("policy", "binpack"),
+            metadata=dict(job.metadata or {}),
+            parent_id=job.parent_id,
+            gang=Gang(**gang) if gang else None,
+            start_timeout_s=request.get(
+                "start_timeout_s", request.get("reservation_timeout_s", DEFAULT_START_TIMEOUT_S)
+            ),
+            queue=bool(request.get("queue", False)),
+            queue_deadline=request.get("queue_deadline"),
+            priority=int(request.get("priority", 0)),
+            owner=str(request.get("owner") or ""),
+            max_retries=int(request.get("max_retries", 0)),
+            at_least_once=bool(request.get("at_least_once", False)),
+            group=request.get("group"),
+        )
+
+
+@dataclass
+class _Outcome:
+    """How a placement turn ended."""
+
+    submitted: bool
+    in_ledger: bool  # the job has been recorded (an attempt was placed)
+    decision: Decision | None = None
+    conflict: bool = False  # another process placed (or stopped) the job first
 
 
 class Dispatcher:
@@ -120,6 +183,8 @@ class Dispatcher:
         self._backends = {c.name: RayJobs(c) for c in config.clusters}
         self._holds: list[Hold] = []
         self._lock = threading.Lock()
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._last_ok: dict[str, float] = {}  # when each cluster last answered a job call
         self._warned: set[str] = set()
         for record in ledger.managed():  # clusters created earlier, by this process or another
             if record.state == "READY" and record.address and record.provisioner in self._provisioners:
@@ -155,7 +220,13 @@ class Dispatcher:
         policy: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         gang: Gang | Mapping[str, Any] | None = None,
+        start_timeout_s: float | None = None,
         reservation_timeout_s: float | None = None,
+        wait: bool | float = False,
+        priority: int = 0,
+        owner: str | None = None,
+        max_retries: int = 0,
+        at_least_once: bool = False,
     ) -> Submission:
         """Check a request before anything is recorded or sent. Raises `InvalidRequestError` subclasses."""
         if not isinstance(entrypoint, str) or not entrypoint.strip():
@@ -169,11 +240,25 @@ class Dispatcher:
                 raise InvalidRequestError(
                     "both resources and a gang were given", "put the driver's needs in the gang's first bundle"
                 )
-        timeout = DEFAULT_RESERVATION_TIMEOUT_S if reservation_timeout_s is None else float(reservation_timeout_s)
-        if not timeout > 0:
+        if start_timeout_s is not None and reservation_timeout_s is not None:
             raise InvalidRequestError(
-                f"reservation_timeout_s={reservation_timeout_s!r}", "give a number of seconds > 0"
+                "both start_timeout_s and reservation_timeout_s were given", "give start_timeout_s only"
             )
+        given = start_timeout_s if start_timeout_s is not None else reservation_timeout_s
+        timeout = self.config.start_timeout_s if given is None else _number(given, "start_timeout_s")
+        if not timeout > 0 or timeout == float("inf"):
+            raise InvalidRequestError(f"start_timeout_s={given!r}", "give a finite number of seconds > 0")
+        if isinstance(wait, bool):
+            queue, deadline = wait, None
+        else:
+            seconds = _number(wait, "wait")
+            if not seconds > 0:
+                raise InvalidRequestError(f"wait={wait!r}", "give True, False, or a number of seconds > 0")
+            queue, deadline = True, (time.time() + seconds if seconds != float("inf") else None)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise InvalidRequestError(f"priority={priority!r} is not an integer", "give an int; higher runs first")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise InvalidRequestError(f"max_retries={max_retries!r}", "give an int >= 0")
         if cluster is not None and cluster not in self._clusters:
             names = ", ".join(self._clusters)
             raise UnknownClusterError(f"no cluster named {cluster!r} in the fleet", f"pin to one of: {names}")
@@ -197,7 +282,13 @@ class Dispatcher:
             metadata=meta,
             parent_id=os.environ.get(JOB_ID_ENV) or None,
             gang=gang,
-            reservation_timeout_s=timeout,
+            start_timeout_s=timeout,
+            queue=queue,
+            queue_deadline=deadline,
+            priority=priority,
+            owner=owner if owner is not None else _default_owner(),
+            max_retries=max_retries,
+            at_least_once=bool(at_least_once),
         )
 
     # ----- placement ----------------------------------------------------------------------------------------------
@@ -259,6 +350,7 @@ class Dispatcher:
                 rejects=rejects,
                 largest_nodes=largest,
                 history=history,
+                never_fits=True,
             )
         return NoCapacityError(
             f"no cluster can take {sub.describe()} now",
@@ -276,12 +368,50 @@ class Dispatcher:
         The ledger records the chosen cluster before the submission leaves, under a submission id made here, so a
         retry (or a process that restarts) can tell whether Ray has it: "already exists" means it does. A
         submission that provably did not reach its cluster is marked FAILED and the next-best cluster is tried.
-        When nothing fits now, a managed autoscaling cluster's headroom is used, else a cluster is created.
+        When nothing fits now, a managed autoscaling cluster's headroom is used, else a cluster is created; else a
+        job submitted with ``queue`` waits in the ledger's queue for the dispatch loop, and any other raises.
         """
         job_id = f"rf-{uuid.uuid4().hex[:12]}"
         history: list[tuple[str, str]] = []
-        exclude: frozenset[str] = frozenset()
-        for n in range(1, len(self._clusters) + 2 * len(self._provisioners) + 2):
+        outcome = self._place(sub, job_id, 1, frozenset(), history, in_ledger=False)
+        if outcome.submitted:
+            return job_id
+        assert outcome.decision is not None
+        error = self._no_capacity(sub, outcome.decision, history)
+        if sub.queue and not getattr(error, "never_fits", False):
+            reason = error.message.splitlines()[0]
+            if outcome.in_ledger:
+                self.ledger.requeue(job_id, f"waiting: {reason}")
+            else:
+                self.ledger.add_job(
+                    job_id,
+                    entrypoint=sub.entrypoint,
+                    request=sub.to_json(),
+                    runtime_env=sub.runtime_env,
+                    metadata=sub.metadata,
+                    parent_id=sub.parent_id,
+                )
+            log.info("job %s is queued: %s", job_id, reason)
+            return job_id
+        if outcome.in_ledger:  # the job is in the ledger already: its attempts say what happened
+            self.ledger.record_job(job_id, JobState.FAILED, "no cluster could take it")
+        raise error
+
+    def _place(
+        self,
+        sub: Submission,
+        job_id: str,
+        n: int,
+        exclude: frozenset[str],
+        history: list[tuple[str, str]],
+        *,
+        in_ledger: bool,
+        replacing_unknown: bool = False,
+    ) -> _Outcome:
+        """Try the best cluster, then the next ones, until one accepts attempt ``n`` (or a later one). Free capacity
+        first, then autoscaler headroom, then a new cluster."""
+        decision: Decision | None = None
+        for _ in range(len(self._clusters) + 2 * len(self._provisioners) + 2):
             decision, snapshots = self._decide(sub, exclude)
             chosen = decision.chosen
             if chosen is not None:
@@ -295,13 +425,20 @@ class Dispatcher:
             else:
                 target = self._on_demand(sub, snapshots, exclude, history)
             if target is None:
-                if n > 1:  # the job is in the ledger already: its attempts say what happened
-                    self.ledger.record_job(job_id, JobState.FAILED, "no cluster could take it")
-                raise self._no_capacity(sub, decision, history)
-            if self._submit_attempt(sub, job_id, n, target, snapshots.get(target.cluster), history):
-                return job_id
+                return _Outcome(False, in_ledger, decision)
+            try:
+                reached = self._submit_attempt(
+                    sub, job_id, n, target, snapshots.get(target.cluster), history,
+                    new_job=not in_ledger, replacing_unknown=replacing_unknown,
+                )  # fmt: skip
+            except AttemptConflict:
+                return _Outcome(False, True, decision, conflict=True)
+            if reached:
+                return _Outcome(True, True, decision)
+            in_ledger, replacing_unknown = True, False
             exclude |= {target.cluster}
-        raise AssertionError("unreachable")  # pragma: no cover - every turn excludes a cluster
+            n += 1
+        return _Outcome(False, in_ledger, decision)
 
     def _submit_attempt(
         self,
@@ -311,8 +448,15 @@ class Dispatcher:
         target: _Target,
         snapshot: ClusterSnapshot | None,
         history: list[tuple[str, str]],
+        *,
+        new_job: bool,
+        replacing_unknown: bool = False,
     ) -> bool:
-        """Record attempt ``n`` on ``target``, then submit it. False when it provably did not reach the cluster."""
+        """Record attempt ``n`` on ``target``, then submit it. False when it provably did not reach the cluster.
+
+        Raises:
+            AttemptConflict: another process placed this job's next attempt first (nothing was sent).
+        """
         submission_id = f"{job_id}-{n}"
         attempt = {
             "submission_id": submission_id,
@@ -321,8 +465,9 @@ class Dispatcher:
             "node_id": target.node_id,
             "accelerator": target.accelerator,
             "detail": target.detail,
+            "session": snapshot.session_name if snapshot is not None and snapshot.healthy else None,
         }
-        if n == 1:
+        if new_job:
             self.ledger.add_job(
                 job_id,
                 entrypoint=sub.entrypoint,
@@ -333,29 +478,35 @@ class Dispatcher:
                 attempt=attempt,
             )
         else:
-            self.ledger.add_attempt(job_id, attempt)
+            self.ledger.add_attempt(job_id, attempt, replacing_unknown=replacing_unknown)
         entrypoint, runtime_env = sub.entrypoint, self._runtime_env(sub, job_id)
+        kwargs: dict[str, Any] = {}
         if sub.gang is not None:  # zero entrypoint resources: the launcher reserves the gang, then runs the command
-            bundles = sub.gang.to_ray(target.accelerator)
-            entrypoint, additions = launch.wrap(sub.entrypoint, bundles, sub.gang.strategy, sub.reservation_timeout_s)
-            runtime_env = launch.merge_runtime_env(runtime_env, additions)
-            kwargs: dict[str, Any] = {}
+            bundles, strategy = sub.gang.to_ray(target.accelerator), sub.gang.strategy
             held = list(zip(target.bundle_nodes or [None] * len(bundles), bundles, strict=True))
-        else:
-            kwargs = sub.resources.entrypoint_kwargs(target.accelerator)
-            held = [(target.node_id, sub.resources.to_ray(target.accelerator))]
-        if snapshot is not None and snapshot.healthy:
+        elif sub.launched:  # one bundle: the launcher confirms the start (a PENDING Ray job cannot be withdrawn)
+            bundles, strategy = [sub.resources.to_ray(target.accelerator)], "STRICT_PACK"
+            held = [(target.node_id, bundles[0])]
+        else:  # needs nothing: Ray starts it at once
+            bundles, strategy, held = [], "", []
+        if bundles:
+            timeout = sub.start_timeout_s + target.scale_up_s
+            extra = {"group": sub.group} if sub.group is not None else {}
+            entrypoint, additions = launch.wrap(sub.entrypoint, bundles, strategy, timeout, **extra)
+            runtime_env = launch.merge_runtime_env(runtime_env, additions)
+        if held and snapshot is not None and snapshot.healthy:
             with self._lock:
                 now = time.time()
                 self._holds.extend(Hold.on(snapshot, node, resources, now) for node, resources in held)
         try:
-            self._backends[target.cluster].submit(
-                submission_id,
-                entrypoint,
-                runtime_env=runtime_env,
-                metadata=self._metadata(sub, job_id, n),
-                entrypoint_kwargs=kwargs,
-            )
+            with self._slot(target.cluster):
+                self._backends[target.cluster].submit(
+                    submission_id,
+                    entrypoint,
+                    runtime_env=runtime_env,
+                    metadata=self._metadata(sub, job_id, n),
+                    entrypoint_kwargs=kwargs,
+                )
         except ClusterUnreachableError as e:
             self._drop_hold(target.cluster)
             if not self._provably_absent(target.cluster, submission_id):
@@ -370,9 +521,52 @@ class Dispatcher:
             self.ledger.record(submission_id, JobState.FAILED, f"refused: {e.message}")
             raise
         self.ledger.record(submission_id, JobState.SUBMITTED)
+        self._last_ok[target.cluster] = time.time()
         if target.cluster in self._managed:
             self.ledger.update_managed(target.cluster, last_busy_at=time.time())
         return True
+
+    @contextlib.contextmanager
+    def _slot(self, cluster: str) -> Iterator[None]:
+        """At most ``max_in_flight`` submissions to one cluster at a time from this process (ray#41241: a burst of
+        submissions can overwhelm a head)."""
+        with self._lock:
+            slots = self._slots.setdefault(cluster, threading.BoundedSemaphore(self.config.max_in_flight))
+        with slots:
+            yield
+
+    # ----- the queue ----------------------------------------------------------------------------------------------
+
+    def place_queued(self) -> list[str]:
+        """Place queued jobs where they fit now: higher priority first, then (with ``fair_share``) the owner with
+        the fewest active jobs, then the oldest. Jobs past their queue deadline fail. Returns the ids placed.
+
+        A job that does not fit is passed over and a lower one may start (backfill); the holds of jobs placed in
+        this turn keep a lower job from taking what a higher one was just given.
+        """
+        queued = self.ledger.queued()
+        if not queued:
+            return []
+        now = time.time()
+        active: dict[str, int] = {}
+        if self.config.fair_share:
+            for job in self.ledger.active():
+                active[job.owner] = active.get(job.owner, 0) + 1
+        placed = []
+        waiting = list(queued)
+        while waiting:
+            job = min(waiting, key=lambda j: (-j.priority, active.get(j.owner, 0), j.created_at))
+            waiting.remove(job)
+            deadline = job.request.get("queue_deadline")
+            if deadline is not None and now >= deadline:
+                self.ledger.record_job(job.id, JobState.FAILED, "waited in the queue past its deadline (wait=...)")
+                continue
+            sub = Submission.from_job(job)
+            outcome = self._place(sub, job.id, len(job.attempts) + 1, frozenset(), [], in_ledger=True)
+            if outcome.submitted:
+                placed.append(job.id)
+                active[job.owner] = active.get(job.owner, 0) + 1
+        return placed
 
     # ----- clusters on demand -------------------------------------------------------------------------------------
 
@@ -431,9 +625,16 @@ class Dispatcher:
         history: list[tuple[str, str]],
     ) -> _Target | None:
         room, made = self.provision_plan(sub, snapshots, exclude)
+        managed = self._managed_templates(exclude)
         for option in room:
             if option.fits:
-                return _Target(option.cluster, None, option.accelerator, f"autoscaler headroom: {option.reason}")
+                return _Target(
+                    option.cluster,
+                    None,
+                    option.accelerator,
+                    f"autoscaler headroom: {option.reason}",
+                    scale_up_s=managed[option.cluster].scale_up_s,  # the start waits for a worker to join
+                )
         for creation in made:
             if not creation.fits:
                 continue
@@ -442,11 +643,13 @@ class Dispatcher:
             except ProvisioningError as e:
                 history.append((f"{creation.provisioner}/{creation.template}", e.message))
                 continue
+            template = _template(self._provisioners[creation.provisioner], creation.template)
             return _Target(
                 cluster.name,
                 None,
                 creation.accelerator,
                 f"new cluster from template {creation.template}: {creation.reason}",
+                scale_up_s=template.scale_up_s if creation.workers else 0.0,  # its workers start from the minimum
             )
         return None
 
@@ -497,16 +700,21 @@ class Dispatcher:
         self.prober.remove(name)
 
     def tick(self) -> list[str]:
-        """One turn of the lifecycle duties: follow jobs on managed clusters and delete those idle past their TTL.
+        """One turn of the dispatcher's duties: follow every active job (failover, loss, retries), place queued
+        jobs, and delete managed clusters idle past their TTL.
 
         Returns:
             The names of the clusters deleted in this turn.
         """
+        for job in self.ledger.active():
+            try:
+                self.refresh(job.id)
+            except RayfleetError as e:  # one job's trouble must not stop the turn
+                log.warning("job %s: %s", job.id, e)
+        self.place_queued()
         deleted = []
         now = time.time()
         for name in list(self._managed):
-            for attempt in self.ledger.active_attempts(name):
-                self.refresh(attempt.job_id)
             if self.ledger.active_attempts(name):
                 self.ledger.update_managed(name, last_busy_at=now)
                 continue
@@ -614,77 +822,138 @@ class Dispatcher:
     # ----- following jobs -----------------------------------------------------------------------------------------
 
     def refresh(self, job_id: str) -> JobRecord:
-        """Ask the cluster of the job's newest attempt for its state, record a change, and return the job."""
+        """Ask the cluster of the job's newest attempt for its state, record a change, act on it, return the job.
+
+        Acting on it: an attempt whose reservation timed out is placed again elsewhere; an attempt whose cluster has
+        not answered for ``unknown_after_s`` becomes UNKNOWN (and with ``at_least_once`` is placed again); an
+        attempt its cluster provably lost (a new Ray session, or the job is gone) is LOST, then placed again if
+        ``max_retries`` allows, else the job FAILS with the reason. A stale older attempt that is still alive on a
+        cluster that answers again is stopped.
+        """
         job = self.ledger.job(job_id)
+        for old in job.attempts[:-1]:
+            if not old.state.is_terminal():
+                self._stop_stale(job, old)
         attempt = job.last_attempt
         if attempt is None or attempt.state.is_terminal() or attempt.cluster not in self._backends:
-            return job
+            return self.ledger.job(job_id) if job.attempts[:-1] else job
+        sid, cluster = attempt.submission_id, attempt.cluster
         try:
-            info = self._backends[attempt.cluster].info(attempt.submission_id)
+            info = self._backends[cluster].info(sid)
         except JobNotFoundError:
-            if attempt.state is JobState.PLACED:  # the process that placed it may still be submitting
-                return job
-            self.ledger.record(attempt.submission_id, JobState.LOST, f"cluster {attempt.cluster} no longer has it")
-            return self.ledger.job(job_id)
-        except ClusterUnreachableError:
-            return job  # unreachable is not dead: a partition may heal (issue 4 adds the grace period)
+            if attempt.state is JobState.PLACED and time.time() - attempt.created_at < PLACED_GRACE_S:
+                return job  # the process that placed it may still be submitting
+            if attempt.state is JobState.PLACED:
+                moved = self.ledger.record(sid, JobState.FAILED, "never submitted: the process placing it stopped")
+            else:
+                moved = self.ledger.record(sid, JobState.LOST, self._loss_reason(cluster, attempt.session))
+            return self._after_loss(job_id) if moved else self.ledger.job(job_id)
+        except ClusterUnreachableError as e:
+            return self._unreachable(job, e)
+        self._last_ok[cluster] = time.time()
         state = JobState.from_ray(str(info.status))
         if state != attempt.state:
             message = getattr(info, "message", None)
             not_reserved = state is JobState.FAILED and _not_reserved(message)
-            detail = f"not reserved within the reservation timeout: {message}" if not_reserved else message
-            moved = self.ledger.record(attempt.submission_id, state, detail)
+            detail = f"not reserved within the start timeout: {message}" if not_reserved else message
+            moved = self.ledger.record(sid, state, detail)
             job = self.ledger.job(job_id)
-            if moved and not_reserved:  # the one process that recorded the failure places it again
-                return self._failover(job)
+            if moved and not_reserved and job.request.get("group") is None:  # a group retries as a whole
+                return self._again(job, exclude=frozenset(a.cluster for a in job.attempts))
         return job
 
-    def _failover(self, job: JobRecord) -> JobRecord:
-        """Place a job whose gang could not be reserved again, on a cluster none of its attempts used.
+    def _loss_reason(self, cluster: str, session: str | None) -> str:
+        now = self.prober.read_session(cluster)
+        if session and now and now != session:
+            return f"cluster {cluster} restarted (Ray session {session} -> {now}) and lost the job"
+        return f"cluster {cluster} no longer has the job"
 
-        Its launcher exited before the command ran and the attempt is terminal there, so it can never run twice.
-        """
-        sub = self._submission_from(job)
-        tried = frozenset(a.cluster for a in job.attempts)
+    def _unreachable(self, job: JobRecord, error: ClusterUnreachableError) -> JobRecord:
+        """The newest attempt's cluster does not answer: UNKNOWN after the grace period; at-least-once jobs are then
+        placed again."""
+        attempt = job.last_attempt
+        assert attempt is not None
+        since = max(self._last_ok.get(attempt.cluster, 0.0), attempt.updated_at)
+        silent = time.time() - since
+        if silent < self.config.unknown_after_s:
+            return job  # unreachable is not dead: a partition may heal
+        if attempt.state is not JobState.UNKNOWN:
+            self.ledger.record(
+                attempt.submission_id,
+                JobState.UNKNOWN,
+                f"cluster {attempt.cluster} has not answered for {silent:.0f} s ({error.message})",
+            )
+            job = self.ledger.job(job.id)
+        if job.request.get("at_least_once") and job.state is JobState.UNKNOWN:
+            log.warning("job %s: cluster %s is unreachable; placing it again (at-least-once)", job.id, attempt.cluster)
+            return self._again(job, exclude=frozenset({attempt.cluster}), replacing_unknown=True)
+        return job
+
+    def _after_loss(self, job_id: str) -> JobRecord:
+        """The newest attempt was lost (or never submitted): place the job again if it may be, else fail it."""
+        job = self.ledger.job(job_id)
+        attempt = job.last_attempt
+        assert attempt is not None
+        lost = sum(1 for a in job.attempts if a.state is JobState.LOST)
+        allowed = int(job.request.get("max_retries", 0))
+        if attempt.state is JobState.LOST and lost > allowed:
+            self.ledger.record_job(
+                job_id, JobState.FAILED, f"lost on {attempt.cluster}: {attempt.detail}; max_retries={allowed}"
+            )
+            return self.ledger.job(job_id)
+        log.warning("job %s: %s; placing it again (%d/%d)", job_id, attempt.detail, lost, allowed)
+        return self._again(job, exclude=frozenset({attempt.cluster}))
+
+    def _stop_stale(self, job: JobRecord, attempt: AttemptRecord) -> None:
+        """An older attempt is still active (its cluster was unreachable when the job was placed again). If its
+        cluster answers now, stop it there: the job runs elsewhere."""
+        backend = self._backends.get(attempt.cluster)
+        if backend is None:
+            return
+        try:
+            status = JobState.from_ray(str(backend.status(attempt.submission_id)))
+            if not status.is_terminal():
+                backend.stop(attempt.submission_id)
+                status = JobState.STOPPED
+            self.ledger.record(
+                attempt.submission_id, status, f"stale: the job was placed again as attempt {len(job.attempts)}"
+            )
+        except JobNotFoundError:
+            self.ledger.record(attempt.submission_id, JobState.LOST, self._loss_reason(attempt.cluster, None))
+        except ClusterError:
+            return  # still unreachable: try again next turn
+
+    def _again(self, job: JobRecord, *, exclude: frozenset[str], replacing_unknown: bool = False) -> JobRecord:
+        """Place a job again: its newest attempt failed to start (never ran), was lost, or (at-least-once) is
+        unknown. Clusters in ``exclude`` are tried last. With no room now, the job waits in the queue."""
+        sub = Submission.from_job(job)
         self.prober.invalidate()  # the reading that sent it there was wrong: read every cluster afresh
         history = [(a.cluster, a.detail or a.state.value) for a in job.attempts]
-        decision, snapshots = self._decide(sub, tried)
-        chosen = decision.chosen
-        if chosen is None:
-            log.warning("job %s: no other cluster can take it now; it stays FAILED (%s)", job.id, decision.rejects)
-            return job
-        target = _Target(
-            chosen.cluster, chosen.node_id, chosen.accelerator, f"failover from {', '.join(sorted(tried))}",
-            chosen.bundle_nodes,
-        )  # fmt: skip
         n = len(job.attempts) + 1
-        with contextlib.suppress(sqlite3.IntegrityError):  # another process placed attempt n first
-            self._submit_attempt(sub, job.id, n, target, snapshots.get(chosen.cluster), history)
+        outcome = self._place(sub, job.id, n, exclude, history, in_ledger=True, replacing_unknown=replacing_unknown)
+        if not outcome.submitted and not outcome.conflict and exclude:  # the excluded clusters, last
+            outcome = self._place(
+                sub, job.id, n, frozenset(), history, in_ledger=True, replacing_unknown=replacing_unknown
+            )
+        if not outcome.submitted and not outcome.conflict:
+            if replacing_unknown:
+                log.warning("job %s: no room elsewhere now; it stays UNKNOWN", job.id)
+            elif self.ledger.requeue(job.id, "waiting: no cluster can take it now"):
+                log.info("job %s: no cluster can take it now; it waits in the queue", job.id)
         return self.ledger.job(job.id)
 
-    @staticmethod
-    def _submission_from(job: JobRecord) -> Submission:
-        request = job.request
-        gang = request.get("gang")
-        return Submission(
-            entrypoint=job.entrypoint,
-            resources=Resources(**request.get("resources", {})),
-            runtime_env=job.runtime_env,
-            labels=dict(request.get("labels") or {}),
-            cluster=request.get("cluster"),
-            policy=request.get("policy", "binpack"),
-            metadata=dict(job.metadata or {}),
-            parent_id=job.parent_id,
-            gang=Gang(**gang) if gang else None,
-            reservation_timeout_s=request.get("reservation_timeout_s", DEFAULT_RESERVATION_TIMEOUT_S),
-        )
-
     def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
-        """Poll until the job is terminal. Raises `TimeoutError` when ``timeout`` passes first."""
+        """Poll until the job is terminal. Raises `TimeoutError` when ``timeout`` passes first.
+
+        While the job is queued, this process works the queue (in priority order) as the dispatch loop would.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.1
         while True:
             job = self.refresh(job_id)
+            if job.state is JobState.QUEUED:
+                self.place_queued()
+                job = self.ledger.job(job_id)
             if job.state.is_terminal():
                 return job
             if deadline is not None and time.monotonic() >= deadline:
@@ -717,6 +986,15 @@ class Dispatcher:
         return backend.tail(sid)
 
     def stop(self, job_id: str) -> bool:
+        """Stop a job (withdraw it from the queue, or ask its cluster to stop it) and, first, its children: the jobs
+        it submitted through rayfleet (nested dispatch). Returns whether the job itself was stopped or withdrawn."""
+        for child in self.ledger.children(job_id):
+            if not child.state.is_terminal():
+                with contextlib.suppress(RayfleetError):
+                    self.stop(child.id)
+        job = self.ledger.job(job_id)
+        if job.state is JobState.QUEUED:
+            return self.ledger.record_job(job_id, JobState.STOPPED, "stopped while queued")
         backend, sid = self._attempt(job_id)
         stopped = backend.stop(sid)
         self.refresh(job_id)
@@ -733,6 +1011,20 @@ class Dispatcher:
                 "versions, but runtime_env features may differ. Align the versions to be safe.",
                 stacklevel=2,
             )
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # NaN != NaN
+        raise InvalidRequestError(f"{name}={value!r} is not a number", f"give {name} in seconds, e.g. 30")
+    return float(value)
+
+
+def _default_owner() -> str:
+    """Who submits, for fair share: $RAYFLEET_OWNER, else the user name."""
+    try:
+        return os.environ.get("RAYFLEET_OWNER") or getpass.getuser()
+    except (KeyError, OSError):  # pragma: no cover - no user name in a bare container
+        return ""
 
 
 def _not_reserved(message: str | None) -> bool:

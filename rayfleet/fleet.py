@@ -111,9 +111,10 @@ class Fleet:
         """The clusters this fleet created on demand and has not deleted, with their idle deadlines."""
         return self._dispatcher.managed
 
-    def run(self, interval: float = 5.0, *, background: bool = True) -> None:
-        """Run the lifecycle duties (follow jobs on managed clusters, delete those idle past their TTL) every
-        ``interval`` seconds: on a background thread until `close`, or in this thread (``background=False``)."""
+    def run(self, interval: float = 2.0, *, background: bool = True) -> None:
+        """Run the dispatcher's duties every ``interval`` seconds: follow every active job (confirm its start, fail
+        it over, notice a lost cluster, retry), place queued jobs, delete managed clusters idle past their TTL. On a
+        background thread until `close`, or in this thread (``background=False``)."""
         if background:
             if self._loop is None or not self._loop.is_alive():
                 self._stop.clear()
@@ -135,7 +136,7 @@ class Fleet:
         return self._dispatcher.gc(everything=everything)
 
     def tick(self) -> list[str]:
-        """One turn of the lifecycle duties; returns the clusters deleted."""
+        """One turn of the dispatcher's duties (see `run`); returns the clusters deleted."""
         return self._dispatcher.tick()
 
     def submit(
@@ -149,12 +150,21 @@ class Fleet:
         policy: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         gang: Gang | Mapping[str, Any] | None = None,
+        start_timeout_s: float | None = None,
+        wait: bool | float = False,
+        priority: int = 0,
+        owner: str | None = None,
+        max_retries: int = 0,
+        at_least_once: bool = False,
         reservation_timeout_s: float | None = None,
     ) -> JobHandle:
         """Place a job on the best cluster and submit it through Ray's Job Submission API.
 
-        Returns once a cluster has accepted the job and the ledger has recorded it; it does not wait for the job
-        to start.
+        Returns once a cluster has accepted the job and the ledger has recorded it (or, with ``wait``, once it is
+        queued); it does not wait for the job to start. A job that needs resources is started by rayfleet's
+        launcher, which reserves them (a Ray placement group) and only then runs the command; if they cannot be
+        reserved within the start timeout, the command never runs there and the job is placed again elsewhere (by
+        `JobHandle.wait`/`status` or the dispatch loop, `run`).
 
         Args:
             entrypoint: the shell command, as for ``ray job submit``.
@@ -164,18 +174,28 @@ class Fleet:
             cluster: pin the job to this cluster.
             policy: ``binpack`` (default), ``spread`` or ``cost``.
             metadata: string pairs stored with the Ray job.
-            gang: instead of ``resources``: bundles that must all be reserved at once on one cluster (a Ray
-                placement group), the first one for the command itself. The job's launcher reserves them; if it
-                cannot within ``reservation_timeout_s`` the command never runs there and the job is placed again on
-                another cluster (by `JobHandle.wait`/`status` or the dispatcher loop).
-            reservation_timeout_s: how long a gang's launcher waits for its reservation (default 5 s).
+            gang: instead of ``resources``: bundles that must all be reserved at once on one cluster, the first one
+                for the command itself.
+            start_timeout_s: how long the job may take to reserve its resources where free capacity was counted
+                (default ``start_timeout_s`` of the fleet, 3 s); on autoscaler headroom or a new cluster the
+                template's ``scale_up_s`` is added.
+            wait: when no cluster (and no provisioner) can take it now, queue it in the ledger instead of raising:
+                ``True`` to wait as long as it takes, or a number of seconds after which it FAILS. The dispatch loop
+                (`run`, ``rayfleet dispatch``) or `JobHandle.wait` places it when room frees up.
+            priority: queued jobs with a higher priority are placed first; FIFO within a priority.
+            owner: who the job belongs to, for ``fair_share`` (default ``$RAYFLEET_OWNER`` or the user name).
+            max_retries: how many times to run it again after its cluster provably lost it (restart, deletion).
+            at_least_once: also run it again elsewhere when its cluster stays unreachable past
+                ``unknown_after_s`` (it may then run twice; the stale run is stopped when the cluster is back).
+            reservation_timeout_s: the former name of ``start_timeout_s``.
 
         Returns:
             A `JobHandle`.
 
         Raises:
             InvalidRequestError: bad resources, empty entrypoint, unknown pin (nothing recorded or sent).
-            NoCapacityError: no cluster can take it; the error lists every cluster and why.
+            NoCapacityError: no cluster can take it (and ``wait`` is off, or it fits no node at all); the error
+                lists every cluster and why.
             ClusterUnreachableError: the pinned cluster, or every cluster, does not answer.
             ClusterError: the chosen cluster refused the job.
         """
@@ -188,9 +208,19 @@ class Fleet:
             policy=policy,
             metadata=metadata,
             gang=gang,
+            start_timeout_s=start_timeout_s,
             reservation_timeout_s=reservation_timeout_s,
+            wait=wait,
+            priority=priority,
+            owner=owner,
+            max_retries=max_retries,
+            at_least_once=at_least_once,
         )
         return JobHandle(self._dispatcher, self._dispatcher.submit(sub))
+
+    def queued(self) -> list[JobHandle]:
+        """Jobs waiting in the queue, oldest first."""
+        return [JobHandle(self._dispatcher, j.id) for j in self.ledger.queued()]
 
     def plan(
         self, resources: Resources | Mapping[str, Any] | None = None, *, labels: Mapping[str, str] | None = None

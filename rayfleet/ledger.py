@@ -19,7 +19,7 @@ from typing import Any
 
 from rayfleet.errors import JobNotFoundError, LedgerError
 from rayfleet.resources import Resources
-from rayfleet.states import JobState, can_move
+from rayfleet.states import TERMINAL, JobState, can_move
 
 LEDGER_ENV = "RAYFLEET_LEDGER"
 
@@ -84,6 +84,13 @@ MIGRATIONS: list[str] = [
         logs          TEXT NOT NULL
     );
     """,
+    # 3: the Ray session an attempt was submitted into (a new session proves the attempt lost), and lookups by
+    # cluster and by parent (stopping a job stops its children)
+    """
+    ALTER TABLE attempts ADD COLUMN session TEXT;
+    CREATE INDEX attempts_by_cluster ON attempts (cluster);
+    CREATE INDEX jobs_by_parent ON jobs (parent_id);
+    """,
 ]
 
 
@@ -109,6 +116,8 @@ class AttemptRecord:
     state: JobState
     updated_at: float
     detail: str | None = None
+    session: str | None = None  # the cluster's Ray session when it was submitted
+    seq: int = 0  # the ledger's sequence number of its latest transition
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,7 @@ class JobRecord:
     attempts: tuple[AttemptRecord, ...] = ()
     job_state: JobState = JobState.QUEUED
     detail: str | None = None
+    job_seq: int = 0  # the sequence number of the job's own latest transition (QUEUED, a refusal, a verdict)
 
     @property
     def resources(self) -> Resources:
@@ -136,8 +146,28 @@ class JobRecord:
 
     @property
     def state(self) -> JobState:
-        """The newest attempt's state; the job's own record (QUEUED, or a refusal) before any attempt."""
-        return self.attempts[-1].state if self.attempts else self.job_state
+        """The newer of the job's own latest state (QUEUED again after a failover found no room, FAILED after a
+        loss that may not be retried) and its newest attempt's state."""
+        last = self.last_attempt
+        return last.state if last is not None and last.seq > self.job_seq else self.job_state
+
+    @property
+    def reason(self) -> str | None:
+        """What the latest state says about itself."""
+        last = self.last_attempt
+        return last.detail if last is not None and last.seq > self.job_seq else self.detail
+
+    @property
+    def priority(self) -> int:
+        return int(self.request.get("priority", 0))
+
+    @property
+    def owner(self) -> str:
+        return str(self.request.get("owner") or "")
+
+
+class AttemptConflict(Exception):
+    """Another process placed the job's next attempt first, or the job was stopped or finished meanwhile."""
 
 
 @dataclass
@@ -243,15 +273,69 @@ class Ledger:
             else:
                 self._insert_attempt(tx, job_id, attempt, now)
 
-    def add_attempt(self, job_id: str, attempt: Mapping[str, Any]) -> None:
-        """Record the next attempt of a job, PLACED on its cluster, before it is submitted."""
+    def add_attempt(self, job_id: str, attempt: Mapping[str, Any], *, replacing_unknown: bool = False) -> None:
+        """Record the next attempt of a job, PLACED on its cluster, before it is submitted.
+
+        Only one process can do this for a given job and turn: the job must be QUEUED, or its newest attempt must
+        have failed or been lost (or be UNKNOWN, with ``replacing_unknown``: at-least-once), and ``n`` must be the
+        next number.
+
+        Raises:
+            AttemptConflict: another process placed it first, or the job was stopped or finished meanwhile.
+        """
         with self._tx() as tx:
-            self._insert_attempt(tx, job_id, attempt, time.time())
+            state, last_n = self._effective(tx, job_id)
+            movable = {JobState.QUEUED, JobState.FAILED, JobState.LOST} | (
+                {JobState.UNKNOWN} if replacing_unknown else set()
+            )
+            if state not in movable or attempt["n"] != last_n + 1:
+                raise AttemptConflict(f"job {job_id} is {state.value} with {last_n} attempts: not placing again")
+            try:
+                self._insert_attempt(tx, job_id, attempt, time.time())
+            except sqlite3.IntegrityError as e:
+                raise AttemptConflict(f"attempt {attempt['n']} of job {job_id} exists: {e}") from None
+
+    def requeue(self, job_id: str, detail: str) -> bool:
+        """Put a job whose newest attempt failed or was lost back in the queue (the dispatch loop places it).
+        Returns False if it is not in such a state (another process acted first, or it was stopped)."""
+        with self._tx() as tx:
+            state, last_n = self._effective(tx, job_id)
+            if last_n == 0 or state not in (JobState.FAILED, JobState.LOST):
+                return False
+            tx.execute(
+                "INSERT INTO transitions VALUES (NULL, ?, NULL, ?, ?, ?)",
+                (job_id, JobState.QUEUED.value, time.time(), detail),
+            )
+            return True
+
+    @staticmethod
+    def _effective(tx: sqlite3.Connection, job_id: str) -> tuple[JobState, int]:
+        """(the job's state now, the number of its newest attempt or 0). Raises `JobNotFoundError`."""
+        own = tx.execute(
+            "SELECT state, seq FROM transitions WHERE job_id = ? AND submission_id IS NULL ORDER BY seq DESC LIMIT 1",
+            (job_id,),
+        ).fetchone()
+        last = tx.execute(
+            "SELECT a.n, t.state, t.seq FROM attempts a JOIN transitions t ON t.seq = "
+            "(SELECT MAX(seq) FROM transitions WHERE submission_id = a.submission_id) "
+            "WHERE a.job_id = ? ORDER BY a.n DESC LIMIT 1",
+            (job_id,),
+        ).fetchone()
+        if own is None and last is None:
+            if tx.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+                raise JobNotFoundError(f"no job {job_id!r} in the ledger", "check the id with 'rayfleet jobs'")
+            return JobState.QUEUED, 0
+        if last is None:
+            return JobState(own[0]), 0
+        if own is not None and own[1] > last[2]:
+            return JobState(own[0]), last[0]
+        return JobState(last[1]), last[0]
 
     @staticmethod
     def _insert_attempt(tx: sqlite3.Connection, job_id: str, attempt: Mapping[str, Any], now: float) -> None:
         tx.execute(
-            "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO attempts (submission_id, job_id, n, cluster, node_id, accelerator, created_at, session) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 attempt["submission_id"],
                 job_id,
@@ -260,6 +344,7 @@ class Ledger:
                 attempt.get("node_id"),
                 attempt.get("accelerator"),
                 now,
+                attempt.get("session"),
             ),
         )
         tx.execute(
@@ -298,15 +383,12 @@ class Ledger:
             return True
 
     def record_job(self, job_id: str, state: JobState, detail: str | None = None) -> bool:
-        """Move a job that has no attempt yet (QUEUED) to another state, e.g. FAILED when it can never be placed."""
+        """Record a state of the job itself: FAILED or STOPPED while QUEUED (never placed, timed out, cancelled),
+        or FAILED after its attempt was LOST and may not be retried. Returns whether the state changed."""
         with self._tx() as tx:
-            row = tx.execute(
-                "SELECT state FROM transitions WHERE job_id = ? AND submission_id IS NULL ORDER BY seq DESC LIMIT 1",
-                (job_id,),
-            ).fetchone()
-            if row is None:
-                raise JobNotFoundError(f"no job {job_id!r} in the ledger", "check the id with 'rayfleet jobs'")
-            if not can_move(JobState(row[0]), state):
+            old, _ = self._effective(tx, job_id)
+            verdict = old is JobState.LOST and state is JobState.FAILED  # a loss that may not be retried
+            if not ((old is JobState.QUEUED and can_move(old, state)) or verdict):
                 return False
             tx.execute(
                 "INSERT INTO transitions VALUES (NULL, ?, NULL, ?, ?, ?)",
@@ -373,6 +455,29 @@ class Ledger:
 
     # ----- reads --------------------------------------------------------------------------------------------------
 
+    def queued(self) -> list[JobRecord]:
+        """Jobs waiting in the queue (QUEUED, never placed or placed back), oldest first."""
+        jobs = self._load(
+            "WHERE j.id IN (SELECT job_id FROM transitions q WHERE q.submission_id IS NULL AND q.state = 'QUEUED' "
+            "AND q.seq = (SELECT MAX(seq) FROM transitions WHERE job_id = q.job_id AND submission_id IS NULL)) "
+            "ORDER BY j.created_at",
+            (),
+        )
+        return [j for j in jobs if j.state is JobState.QUEUED]
+
+    def active(self) -> list[JobRecord]:
+        """Jobs with an attempt that is not terminal (any attempt: a stale one on a rejoined cluster counts)."""
+        return self._load(
+            "WHERE j.id IN (SELECT a.job_id FROM attempts a JOIN transitions t ON t.seq = "
+            "(SELECT MAX(seq) FROM transitions WHERE submission_id = a.submission_id) "
+            f"WHERE t.state NOT IN ({', '.join(repr(s.value) for s in TERMINAL)})) ORDER BY j.created_at",
+            (),
+        )
+
+    def children(self, job_id: str) -> list[JobRecord]:
+        """Jobs submitted from inside this job (nested dispatch)."""
+        return self._load("WHERE j.parent_id = ? ORDER BY j.created_at", (job_id,))
+
     def job(self, job_id: str) -> JobRecord:
         """The job with this id. Raises `JobNotFoundError`."""
         jobs = self._load("WHERE j.id = ?", (job_id,))
@@ -400,7 +505,7 @@ class Ledger:
         with self._lock:
             jobs = self._conn.execute(
                 f"SELECT j.id, j.created_at, j.entrypoint, j.request, j.runtime_env, j.metadata, j.parent_id, "
-                f"(SELECT state || '|' || COALESCE(detail, '') FROM transitions t WHERE t.job_id = j.id "
+                f"(SELECT seq || '|' || state || '|' || COALESCE(detail, '') FROM transitions t WHERE t.job_id = j.id "
                 f"AND t.submission_id IS NULL ORDER BY seq DESC LIMIT 1) FROM jobs j {where}",
                 params,
             ).fetchall()
@@ -410,15 +515,16 @@ class Ledger:
                 marks = ",".join("?" * len(ids))
                 for row in self._conn.execute(
                     "SELECT a.submission_id, a.job_id, a.n, a.cluster, a.node_id, a.accelerator, a.created_at, "
-                    "t.state, t.at, t.detail FROM attempts a JOIN transitions t ON t.seq = "
+                    "t.state, t.at, t.detail, a.session, t.seq FROM attempts a JOIN transitions t ON t.seq = "
                     "(SELECT MAX(seq) FROM transitions WHERE submission_id = a.submission_id) "
                     f"WHERE a.job_id IN ({marks}) ORDER BY a.n",
                     ids,
                 ):
-                    attempts[row[1]].append(AttemptRecord(*row[:7], JobState(row[7]), row[8], row[9]))
+                    attempts[row[1]].append(AttemptRecord(*row[:7], JobState(row[7]), *row[8:]))
         out = []
         for jid, created, entrypoint, request, runtime_env, metadata, parent, job_state in jobs:
-            state, _, detail = (job_state or "QUEUED|").partition("|")
+            seq, _, rest = (job_state or "0|QUEUED|").partition("|")
+            state, _, detail = rest.partition("|")
             out.append(
                 JobRecord(
                     jid,
@@ -431,6 +537,7 @@ class Ledger:
                     tuple(attempts[jid]),
                     JobState(state),
                     detail or None,
+                    int(seq),
                 )
             )
         return out

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rayfleet.errors import JobNotFoundError, LedgerError
-from rayfleet.ledger import LEDGER_ENV, MIGRATIONS, Ledger, default_path
+from rayfleet.ledger import LEDGER_ENV, MIGRATIONS, AttemptConflict, Ledger, default_path
 from rayfleet.resources import Resources
 from rayfleet.states import JobState
 
@@ -34,10 +34,9 @@ def attempt(n: int = 1, cluster: str = "a", job: str = "j1", **extra) -> dict:
     return {"submission_id": f"{job}-{n}", "n": n, "cluster": cluster, **extra}
 
 
-def add(ledger: Ledger, job: str = "j1", *, queued: bool = False, **kwargs) -> None:
-    ledger.add_job(
-        job, entrypoint="python train.py", request=REQUEST, attempt=None if queued else attempt(job=job), **kwargs
-    )
+def add(ledger: Ledger, job: str = "j1", *, queued: bool = False, attempt_extra: dict | None = None, **kwargs) -> None:
+    first = None if queued else attempt(job=job, **(attempt_extra or {}))
+    ledger.add_job(job, entrypoint="python train.py", request=REQUEST, attempt=first, **kwargs)
 
 
 # ----- writing jobs and attempts ----------------------------------------------------------------------------------
@@ -265,7 +264,7 @@ def test_a_missing_directory_is_created_private(tmp_path):
 
 
 def test_a_new_ledger_has_every_migration(ledger):
-    assert ledger.schema_version == len(MIGRATIONS) == 2
+    assert ledger.schema_version == len(MIGRATIONS) == 3
 
 
 def test_a_ledger_of_schema_1_is_migrated_and_keeps_its_jobs(path):
@@ -281,7 +280,7 @@ def test_a_ledger_of_schema_1_is_migrated_and_keeps_its_jobs(path):
 
     ledger = Ledger(path)
     try:
-        assert ledger.schema_version == 2
+        assert ledger.schema_version == 3
         assert [(j.id, j.state) for j in ledger.jobs()] == [("old", S.QUEUED)]
         ledger.add_managed("c1", provisioner="k", template="t", namespace="ml", idle_ttl_s=60)
         assert [(c.name, c.state) for c in ledger.managed()] == [("c1", "CREATING")]
@@ -352,7 +351,7 @@ def test_a_ledger_with_a_newer_schema_is_refused(path):
 
     with pytest.raises(LedgerError) as info:
         Ledger(path)
-    assert "schema version 99, newer than this rayfleet knows (2)" in str(info.value)
+    assert "schema version 99, newer than this rayfleet knows (3)" in str(info.value)
     assert "To fix: upgrade rayfleet" in str(info.value)
 
 
@@ -375,3 +374,83 @@ def test_default_path(monkeypatch, env, expected):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert default_path() == Path(expected)
+
+
+# ----- the queue, placing again, verdicts -------------------------------------------------------------------------
+
+
+def test_a_second_placement_of_the_same_turn_is_refused(ledger):
+    add(ledger, queued=True)
+    ledger.add_attempt("j1", attempt())
+    with pytest.raises(AttemptConflict):  # another process placed attempt 1 first
+        ledger.add_attempt("j1", attempt(cluster="b"))
+    assert [a.cluster for a in ledger.job("j1").attempts] == ["a"]
+
+
+def test_no_new_attempt_while_the_newest_one_is_active(ledger):
+    add(ledger)
+    ledger.record("j1-1", S.RUNNING)
+    with pytest.raises(AttemptConflict):
+        ledger.add_attempt("j1", attempt(n=2, cluster="b"))
+    ledger.record("j1-1", S.UNKNOWN, "cluster a does not answer")
+    with pytest.raises(AttemptConflict):  # unknown is not lost: only at-least-once replaces it
+        ledger.add_attempt("j1", attempt(n=2, cluster="b"))
+    ledger.add_attempt("j1", attempt(n=2, cluster="b"), replacing_unknown=True)
+    assert ledger.job("j1").state is S.PLACED
+
+
+def test_a_stopped_queued_job_cannot_be_placed(ledger):
+    add(ledger, queued=True)
+    assert ledger.record_job("j1", S.STOPPED, "cancelled") is True
+    with pytest.raises(AttemptConflict):
+        ledger.add_attempt("j1", attempt())
+    assert ledger.queued() == []
+
+
+def test_requeue_after_a_failed_attempt_makes_the_job_queued_again(ledger):
+    add(ledger)
+    assert ledger.requeue("j1", "no room") is False  # its attempt is still active
+    ledger.record("j1-1", S.FAILED, "not reserved")
+    assert ledger.requeue("j1", "no other cluster has room now") is True
+    assert ledger.requeue("j1", "again") is False  # once
+    job = ledger.job("j1")
+    assert job.state is S.QUEUED and job.reason == "no other cluster has room now"
+    assert [j.id for j in ledger.queued()] == ["j1"]
+    ledger.add_attempt("j1", attempt(n=2, cluster="b"))
+    assert ledger.job("j1").state is S.PLACED
+    assert ledger.queued() == []
+
+
+def test_a_lost_attempt_that_may_not_be_retried_fails_the_job_with_the_reason(ledger):
+    add(ledger)
+    ledger.record("j1-1", S.RUNNING)
+    assert ledger.record_job("j1", S.FAILED, "lost") is False  # not while it runs
+    ledger.record("j1-1", S.LOST, "cluster a restarted")
+    assert ledger.record_job("j1", S.FAILED, "lost on a (cluster restarted); max_retries=0") is True
+    job = ledger.job("j1")
+    assert job.state is S.FAILED and job.reason.startswith("lost on a")
+    assert job.attempts[0].state is S.LOST
+    assert ledger.record_job("j1", S.FAILED, "twice") is False
+
+
+def test_queued_lists_waiting_jobs_oldest_first_and_active_lists_running_ones(ledger):
+    add(ledger, "q1", queued=True)
+    add(ledger, "r1")
+    add(ledger, "q2", queued=True)
+    ledger.record("r1-1", S.RUNNING)
+    assert [j.id for j in ledger.queued()] == ["q1", "q2"]
+    assert [j.id for j in ledger.active()] == ["r1"]
+    ledger.record("r1-1", S.SUCCEEDED)
+    assert ledger.active() == []
+
+
+def test_children_are_the_jobs_submitted_from_inside_a_job(ledger):
+    add(ledger, "parent")
+    ledger.add_job("child", entrypoint="x", request=REQUEST, parent_id="parent")
+    ledger.add_job("other", entrypoint="x", request=REQUEST)
+    assert [j.id for j in ledger.children("parent")] == ["child"]
+
+
+def test_an_attempt_keeps_the_ray_session_it_was_submitted_into(ledger):
+    add(ledger, attempt_extra={"session": "session_2026_x"})
+    assert ledger.job("j1").attempts[0].session == "session_2026_x"
