@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import requests
 
-from rayfleet.config import Cluster
+from rayfleet.config import Cluster, warn_if_plain_http
 from rayfleet.resources import format_bytes
 
 log = logging.getLogger(__name__)
@@ -317,6 +317,7 @@ class Prober:
             session = self._sessions.get(name)
             if session is None:
                 cluster = self.clusters[name]
+                warn_if_plain_http(cluster)
                 session = requests.Session()
                 session.headers.update(cluster.resolved_headers())
                 session.verify = cluster.verify_tls

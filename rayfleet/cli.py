@@ -227,6 +227,8 @@ def dispatch(
     ledger: LedgerOpt = None,
 ) -> None:
     """Run the lifecycle duties: follow jobs on managed clusters, delete those idle past their TTL."""
+    if not interval > 0 or interval == float("inf"):  # 0 or less would spin; NaN compares False
+        _fail(InvalidRequestError(f"--interval {interval:g} is not a positive number of seconds", "give e.g. 5"), 2)
     fleet = _run(lambda: _fleet(fleet_file, ledger))
     if once:
         deleted = _run(fleet.tick)
@@ -383,7 +385,13 @@ def _spec(text: str) -> Any:
                 f"local cluster {text!r}: {item!r} is not one of cpus=, gpus=, accelerator=, memory=",
                 "write e.g. --cluster gpu:cpus=2,gpus=2,accelerator=A100,memory=2GiB",
             )
-        fields[key] = float(value) if key == "cpus" else int(value) if key == "gpus" else value
+        try:
+            fields[key] = float(value) if key == "cpus" else int(value) if key == "gpus" else value
+        except ValueError:
+            raise InvalidRequestError(
+                f"local cluster {text!r}: {key}={value!r} is not a {'number' if key == 'cpus' else 'whole number'}",
+                "write e.g. --cluster gpu:cpus=2,gpus=2,accelerator=A100,memory=2GiB",
+            ) from None
     return LocalClusterSpec(name, **fields)
 
 

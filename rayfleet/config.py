@@ -7,9 +7,12 @@ job (`FleetConfig.to_env_json`) carries the template, never the secret.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
+import threading
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
@@ -17,7 +20,7 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
-from rayfleet.errors import ConfigError
+from rayfleet.errors import ConfigError, InsecureAddressWarning
 from rayfleet.provisioning.templates import ClusterTemplate
 
 POLICIES = ("binpack", "spread", "cost")
@@ -27,6 +30,11 @@ FLEET_FILE_ENV = "RAYFLEET_FLEET_FILE"  # or a path to a fleet YAML file
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9\-_]{0,61}[a-z0-9])?$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# the fleet's name is the ownership label on every cluster it creates: it must be a label value as it is, so that two
+# fleets can never be mapped onto the same label (and delete each other's clusters)
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.\-]{0,61}[A-Za-z0-9])?$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an HTTP token (RFC 9110)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters but tab: header injection, broken requests
 
 
 def interpolate(text: str, *, key: str = "", source: str | None = None) -> str:
@@ -76,9 +84,20 @@ class Cluster(BaseModel):
     address: str
     labels: dict[str, str] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict, repr=False)
-    cost_per_cpu_hour: float | None = Field(default=None, ge=0)
-    cost_per_gpu_hour: float | None = Field(default=None, ge=0)
+    cost_per_cpu_hour: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    cost_per_gpu_hour: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     verify_tls: bool | str = True
+
+    def __init__(self, **data: Any) -> None:
+        """Built directly (not from a fleet file): a `ConfigError` naming the key and the fix, never pydantic's error,
+        whose text would repeat the offending input (a header value may be a secret)."""
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            msg = err["msg"].removeprefix("Value error, ")
+            key = ".".join(str(p) for p in err["loc"])
+            raise ConfigError(msg, _hint_for(f"clusters.{key}", err["type"], msg), key=key or None) from None
 
     @field_validator("name")
     @classmethod
@@ -94,13 +113,44 @@ class Cluster(BaseModel):
         if "://" not in value:
             value = "http://" + value
         parsed = urlparse(value)  # before stripping '/': "http://" must not turn into "http:" with host "http"
+        if parsed.username is not None or parsed.password is not None:  # never echo it: it may hold a password
+            shown = parsed._replace(netloc="***@" + parsed.netloc.rsplit("@", 1)[-1]).geturl()
+            raise ValueError(f"address {shown!r} carries credentials (user:password@)")
+        if _CONTROL.search(value) or any(ch.isspace() for ch in value):
+            raise ValueError(f"address {value!r} contains whitespace or control characters")
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"address {value!r} is not a dashboard URL like http://host:8265")
         try:
-            parsed.port  # noqa: B018 - raises on a malformed port
+            port = parsed.port
         except ValueError:
             raise ValueError(f"address {value!r} has a malformed port") from None
+        if port == 0:
+            raise ValueError(f"address {value!r} has a malformed port (0)")
+        if parsed.query or parsed.fragment:  # Ray appends /api/... to the address: a query would end up mid-URL
+            raise ValueError(f"address {value!r} has a query or fragment; a dashboard URL has neither")
         return value.rstrip("/")
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():  # messages name the header, never its value
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+            if _CONTROL.search(text):
+                raise ValueError(f"header {name!r} has a line break or control character in its value")
+        return value
+
+    @field_validator("verify_tls")
+    @classmethod
+    def _verify_tls(cls, value: bool | str) -> bool | str:
+        if isinstance(value, str):
+            path = os.path.expanduser(value)
+            if not os.path.exists(path):
+                raise ValueError(
+                    f"verify_tls {value!r} is neither true/false nor an existing CA bundle file or directory"
+                )
+            return path
+        return value
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -112,13 +162,75 @@ class Cluster(BaseModel):
         return {str(k): str(v) for k, v in value.items()}
 
     def resolved_headers(self) -> dict[str, str]:
-        """The headers with ``${ENV}`` templates filled in from this process's environment."""
-        return {k: interpolate(v, key=f"clusters.{self.name}.headers.{k}") for k, v in self.headers.items()}
+        """The headers with ``${ENV}`` templates filled in from this process's environment.
+
+        Raises:
+            ConfigError: a variable is not set, or its value would break the request (a line break: header injection).
+        """
+        out = {}
+        for k, v in self.headers.items():
+            key = f"clusters.{self.name}.headers.{k}"
+            value = interpolate(v, key=key)
+            if _CONTROL.search(value):
+                raise ConfigError(
+                    "the value filled in from the environment has a line break or control character",
+                    "strip the trailing newline from the variable (e.g. export TOKEN=$(tr -d '\\n' < token))",
+                    key=key,
+                )
+            out[k] = value
+        return out
+
+    @property
+    def plain_http_to_remote(self) -> bool:
+        """Whether requests to this cluster travel unencrypted over a network: ``http://`` to a non-loopback host."""
+        parsed = urlparse(self.address)
+        return parsed.scheme == "http" and not is_loopback(parsed.hostname or "")
 
     def __repr__(self) -> str:  # never show header values, even templates
         return f"Cluster(name={self.name!r}, address={self.address!r}, labels={self.labels!r})"
 
     __str__ = __repr__
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1.
+
+    Example:
+        >>> is_loopback("127.0.0.1"), is_loopback("10.0.0.5")
+        (True, False)
+    """
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+_warned_plain_http: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_if_plain_http(cluster: Cluster) -> None:
+    """Warn (once per address and process) before rayfleet talks plain HTTP to a cluster that is not on loopback.
+
+    Called where a connection to the cluster is first set up (probes, the job client), not when a definition is
+    read, so pure placement code and config checks stay quiet.
+    """
+    if not cluster.plain_http_to_remote:
+        return
+    with _warned_lock:
+        if cluster.address in _warned_plain_http:
+            return
+        _warned_plain_http.add(cluster.address)
+    secrets = " with its auth headers" if cluster.headers else ""
+    warnings.warn(
+        f"cluster {cluster.name}: the dashboard address {cluster.address} is plain HTTP to a non-loopback host; "
+        f"requests{secrets} travel unencrypted. Use https:// (verify_tls: true or a CA bundle path), or reach it "
+        "through a tunnel on 127.0.0.1.",
+        InsecureAddressWarning,
+        stacklevel=3,
+    )
 
 
 Access = Literal["service_ip", "service_dns", "url_template", "port_forward"]
@@ -153,9 +265,32 @@ class KubeRayConfig(BaseModel):
     url_template: str | None = None
     max_clusters: int = Field(default=2, ge=0)
     max_gpus: int = Field(default=16, ge=0)
-    request_timeout_s: float = Field(default=15.0, gt=0, description="bound on one Kubernetes API call")
+    request_timeout_s: float = Field(
+        default=15.0, gt=0, allow_inf_nan=False, description="bound on one Kubernetes API call"
+    )
     templates: list[ClusterTemplate] = Field(default_factory=list)
     labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _url_template(self) -> KubeRayConfig:
+        # checked now: a template that fails to expand would fail only after a RayCluster was created
+        if self.access != "url_template":
+            return self
+        if not self.url_template:
+            raise ValueError("access 'url_template' needs url_template, e.g. https://{name}.ray.example.com")
+        try:
+            url = self.url_template.format(name="c", namespace="ns", port="8265")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(
+                f"url_template {self.url_template!r} does not expand ({type(e).__name__}: {e}); "
+                "it may use {name}, {namespace} and {port}"
+            ) from None
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(
+                f"url_template {self.url_template!r} does not make a URL like https://{{name}}.example.com"
+            )
+        return self
 
 
 class LocalProvisionerConfig(BaseModel):
@@ -209,9 +344,26 @@ class FleetConfig(BaseModel):
     name: str = "default"
     policy: Policy = "binpack"
     ledger: str | None = None
-    probe_ttl_s: float = Field(default=2.0, ge=0)
-    probe_timeout_s: float = Field(default=2.0, gt=0)
-    hold_ttl_s: float = Field(default=15.0, gt=0)
+    probe_ttl_s: float = Field(default=2.0, ge=0, allow_inf_nan=False)
+    probe_timeout_s: float = Field(default=2.0, gt=0, allow_inf_nan=False)
+    hold_ttl_s: float = Field(default=15.0, gt=0, allow_inf_nan=False)
+
+    @field_validator("name")
+    @classmethod
+    def _fleet_name(cls, value: str) -> str:
+        if not _LABEL_VALUE.match(value):
+            raise ValueError(
+                f"fleet name {value!r} must be 1-63 letters, digits, '-', '_' or '.', starting and ending with a "
+                "letter or digit (it labels every cluster the fleet creates)"
+            )
+        return value
+
+    @field_validator("ledger")
+    @classmethod
+    def _ledger(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or _CONTROL.search(value)):
+            raise ValueError(f"ledger path {value!r} is empty or has control characters")
+        return value
 
     @model_validator(mode="after")
     def _unique_names(self) -> FleetConfig:
@@ -222,6 +374,10 @@ class FleetConfig(BaseModel):
             if c.name in seen:
                 raise ValueError(f"cluster name {c.name!r} appears twice; names must be unique")
             seen.add(c.name)
+        provisioners = [p.name for p in self.provisioners]
+        for name in provisioners:
+            if provisioners.count(name) > 1:
+                raise ValueError(f"provisioner name {name!r} appears twice; names must be unique")
         return self
 
     @classmethod
@@ -233,11 +389,10 @@ class FleetConfig(BaseModel):
             err = e.errors()[0]
             msg = err["msg"].removeprefix("Value error, ")
             key = _dotted(err["loc"], data) or ("clusters" if "cluster" in msg else "")
-            hint = _hint_for(key, err["type"])
-            if "no clusters" in msg:
-                hint = "add 'clusters:' with at least one cluster (a name and its dashboard address)"
-            elif "appears twice" in msg:
-                hint = "give every cluster its own name"
+            hint = _hint_for(key, err["type"], msg)
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, ConfigError):  # from Cluster.__init__, which pydantic calls for nested clusters too
+                msg, key, hint = cause.problem, ".".join(p for p in (key, cause.key) if p), cause.hint
             raise ConfigError(msg, hint, source=source, key=key or None) from None
 
     @classmethod
@@ -342,7 +497,27 @@ def _dotted(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
     return ".".join(parts)
 
 
-def _hint_for(key: str, kind: str) -> str:
+def _hint_for(key: str, kind: str, msg: str = "") -> str:
+    if "no clusters" in msg:
+        return "add 'clusters:' with at least one cluster (a name and its dashboard address)"
+    if "appears twice" in msg:
+        return "give every cluster and every provisioner its own name"
+    if "credentials" in msg:
+        return "remove user:password@ from the address; send credentials as a header (Authorization: Bearer ${TOKEN})"
+    if "header" in msg or "headers" in key.split("."):
+        return "header names are HTTP tokens (e.g. Authorization); values fit on one line, secrets as ${ENV} templates"
+    if "verify_tls" in msg:
+        return "write verify_tls: true or false (a YAML boolean, unquoted), or the path of a CA bundle that exists"
+    if "url_template" in msg:
+        return "give url_template like https://{name}.ray.example.com (placeholders: {name}, {namespace}, {port})"
+    if "fleet name" in msg:
+        return "use a name such as 'ml-prod'"
+    if "ledger path" in msg:
+        return "give the ledger's file path, e.g. ~/.local/share/rayfleet/ledger.db"
+    if kind == "union_tag_invalid":
+        return "use kind: kuberay or kind: local"
+    if kind == "finite_number":
+        return "give a finite number"
     if kind == "missing":
         return f"add '{key.rsplit('.', 1)[-1]}' (every cluster needs a name and a dashboard address)"
     if kind == "extra_forbidden":

@@ -41,6 +41,7 @@ class ConfigError(RayfleetError, ValueError):
     def __init__(self, message: str, hint: str = "", *, source: str | None = None, key: str | None = None):
         self.source = source
         self.key = key
+        self.problem = message  # without the file and key
         where = ", ".join(p for p in (source, f"key {key!r}" if key else None) if p)
         super().__init__(f"{where}: {message}" if where else message, hint)
 
@@ -115,6 +116,11 @@ class LocalFleetError(RayfleetError):
 
 class PortInUseError(LocalFleetError):
     """A port a local cluster needs is already taken by another process."""
+
+
+class InsecureAddressWarning(UserWarning):
+    """A cluster's dashboard is reached over plain HTTP on a network (not loopback): requests and headers are readable
+    by anyone on the path."""
 
 
 class ProvisioningError(RayfleetError):

@@ -14,7 +14,7 @@ import requests
 from tenacity import Retrying
 
 from rayfleet import retry
-from rayfleet.config import Cluster
+from rayfleet.config import Cluster, warn_if_plain_http
 from rayfleet.errors import ClusterError, ClusterUnreachableError, DuplicateSubmissionError, JobNotFoundError
 
 T = TypeVar("T")
@@ -104,6 +104,7 @@ class RayJobs:
 
     def _build(self) -> Any:
         client_class = _import_client()
+        warn_if_plain_http(self.cluster)
         with without_redirecting_env():
             return client_class(
                 self.cluster.address, headers=self.cluster.resolved_headers() or None, verify=self.cluster.verify_tls
