@@ -5,18 +5,22 @@ from rayfleet.errors import (
     ClusterError,
     ClusterUnreachableError,
     ConfigError,
+    InvalidPipelineError,
     InvalidRequestError,
     InvalidResourcesError,
     JobNotFoundError,
     LedgerError,
     LocalFleetError,
     NoCapacityError,
+    PipelineError,
     PortInUseError,
     RayfleetError,
+    StageFailedError,
     UnknownClusterError,
 )
 from rayfleet.fleet import Fleet
 from rayfleet.jobs import JobHandle
+from rayfleet.pipeline import Pipeline, PipelineResult, Stage, StageRun, StageState
 from rayfleet.provisioning.local import (
     LocalAutoscaling,
     LocalClusterSpec,
@@ -38,6 +42,7 @@ __all__ = [
     "Fleet",
     "FleetConfig",
     "Gang",
+    "InvalidPipelineError",
     "InvalidRequestError",
     "InvalidResourcesError",
     "JobHandle",
@@ -51,9 +56,16 @@ __all__ = [
     "LocalNodeSpec",
     "LocalWorkerType",
     "NoCapacityError",
+    "Pipeline",
+    "PipelineError",
+    "PipelineResult",
     "PortInUseError",
     "RayfleetError",
     "Resources",
+    "Stage",
+    "StageFailedError",
+    "StageRun",
+    "StageState",
     "UnknownClusterError",
     "local_fleet",
 ]

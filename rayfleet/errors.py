@@ -139,3 +139,35 @@ class ProvisioningError(RayfleetError):
         self.cluster = cluster
         self.status = status
         super().__init__(message, hint)
+
+
+class PipelineError(RayfleetError):
+    """A pipeline could not run as asked (the base of the pipeline errors)."""
+
+
+class InvalidPipelineError(PipelineError, InvalidRequestError):
+    """A pipeline or one of its stages is malformed: a duplicate or bad name, an unknown dependency, a cycle.
+
+    Attributes:
+        stage: the stage the error is about, when there is one.
+    """
+
+    def __init__(self, message: str, hint: str = "", *, stage: str | None = None) -> None:
+        self.stage = stage
+        super().__init__(message, hint)
+
+
+class StageFailedError(PipelineError):
+    """A stage of a pipeline failed (or could not be placed), so the stages that depend on it never started.
+
+    Attributes:
+        stage: the stage that failed.
+        reason: why, as its cluster or the fleet said.
+        stopped: the stages that were not started because of it.
+    """
+
+    def __init__(self, message: str, hint: str = "", *, stage: str, reason: str, stopped: Sequence[str] = ()) -> None:
+        self.stage = stage
+        self.reason = reason
+        self.stopped = list(stopped)
+        super().__init__(message, hint)
