@@ -132,7 +132,13 @@ def submit_group(
     root = rendezvous_root(dispatcher, rendezvous)
     group_id = f"rg-{uuid.uuid4().hex[:12]}"
     handle = GroupHandle(dispatcher, group_id, root, len(subs), timeout)
-    handle._write_manifest()
+    try:
+        handle._write_manifest()
+    except Exception as e:  # before anything is submitted: the members could not meet there either
+        raise InvalidRequestError(
+            f"the rendezvous {root} cannot be written: {type(e).__name__}: {e}",
+            "give a directory (or fsspec URI) that this machine and every cluster can write, with its credentials",
+        ) from e
     for i, sub in enumerate(subs):
         spec = {"uri": root, "id": group_id, "member": i, "size": len(subs), "timeout_s": timeout}
         try:
@@ -278,14 +284,21 @@ class GroupHandle:
         Returns:
             Per member, whether its cluster accepted the stop.
         """
-        self._rendezvous.propose(ABORT, "stopped by the user", "dispatcher")
+        try:
+            self._rendezvous.propose(ABORT, "stopped by the user", "dispatcher")
+        except Exception as e:
+            log.warning("group %s: cannot write the abort (%s); stopping its members", self.id, e)
         return [self._stop_member(job_id) for job_id in self._job_ids]
 
     # ----- internal -------------------------------------------------------------------------------------------------
 
     def _withdraw(self, reason: str) -> GroupDecision | None:
         """Decide abort (unless the group has decided already); if abort is in force, stop the members submitted."""
-        decision = self._rendezvous.propose(ABORT, reason, "dispatcher")
+        try:
+            decision = self._rendezvous.propose(ABORT, reason, "dispatcher")
+        except Exception as e:  # the members withdraw at their deadlines anyway; stopping them is faster
+            log.warning("group %s: cannot write the abort (%s); stopping its members", self.id, e)
+            decision = None
         if decision is not None and decision.outcome == GO:
             log.warning("group %s: %s, but it had already decided go", self.id, reason)
             return decision

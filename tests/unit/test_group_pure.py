@@ -448,3 +448,13 @@ def test_the_dispatcher_cannot_abort_a_group_that_went(dispatcher: Dispatcher, t
     assert went is not None and went.outcome == GO
     assert handle._withdraw("too late") == went
     assert handle.decision() == went
+
+
+def test_an_unwritable_rendezvous_is_refused_before_anything_is_submitted(
+    dispatcher: Dispatcher, tmp_path: Path
+) -> None:
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("")
+    with pytest.raises(InvalidRequestError, match="cannot be written"):
+        submit_group(dispatcher, [{"entrypoint": "a", "resources": {"cpu": 1}}], timeout_s=5, rendezvous=not_a_dir)
+    assert dispatcher.ledger.jobs() == []
