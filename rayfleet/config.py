@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from rayfleet.errors import ConfigError, InsecureAddressWarning
 from rayfleet.provisioning.templates import ClusterTemplate
 
-POLICIES = ("binpack", "spread", "cost")
-Policy = Literal["binpack", "spread", "cost"]
+POLICIES = ("binpack", "spread", "cost", "fragmentation")
+Policy = Literal["binpack", "spread", "cost", "fragmentation"]
 FLEET_ENV = "RAYFLEET_FLEET"  # JSON fleet definition handed to jobs for nested dispatch
 FLEET_FILE_ENV = "RAYFLEET_FLEET_FILE"  # or a path to a fleet YAML file
 
@@ -325,6 +325,17 @@ ProvisionerConfig = Annotated[
 ]
 
 
+class MixShape(BaseModel):
+    """One request shape of the typical mix the ``fragmentation`` policy measures against (``fragmentation_mix:``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpu: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    gpu: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    accelerators: list[str] = Field(default_factory=list)
+    weight: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+
+
 class FleetConfig(BaseModel):
     """A fleet: its clusters and the settings that shape dispatch.
 
@@ -343,6 +354,7 @@ class FleetConfig(BaseModel):
     provisioners: list[ProvisionerConfig] = Field(default_factory=list)
     name: str = "default"
     policy: Policy = "binpack"
+    fragmentation_mix: list[MixShape] = Field(default_factory=list)  # empty: learned, see placement.fragmentation
     ledger: str | None = None
     probe_ttl_s: float = Field(default=2.0, ge=0, allow_inf_nan=False)
     probe_timeout_s: float = Field(default=2.0, gt=0, allow_inf_nan=False)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rayfleet.config import Cluster
+from rayfleet.placement.fragmentation import live_growth
 from rayfleet.resources import ACCELERATOR_PREFIX, Resources
 
 GPU_SPARE_WEIGHT = 4.0  # a CPU-only job on a GPU node strands its GPUs: pay heavily for it
@@ -47,7 +48,7 @@ def spread(free: np.ndarray, total: np.ndarray, vec: np.ndarray, keys: Sequence[
     return -(frac.sum(axis=1) / np.maximum(counted, 1))
 
 
-NODE_SCORES = {"binpack": binpack, "spread": spread, "cost": binpack}
+NODE_SCORES = {"binpack": binpack, "spread": spread, "cost": binpack, "fragmentation": live_growth}
 
 
 def cluster_key(policy: str, cluster: Cluster, request: Resources) -> float:

@@ -1,0 +1,480 @@
+"""Fragmentation-aware placement: how much a placement grows the GPU fragmentation of a node, against a request mix.
+
+The measure is the one of Weng et al., "Beware of Fragmentation" (USENIX ATC'23, FGD). Against a *typical request
+mix* (shapes with popularity weights), a node's fragmentation is the expected GPU capacity it holds that the next
+request cannot use: for each shape, all of the node's idle GPU counts if the shape does not fit there (or asks for no
+GPU), else only the idle part of the GPUs with less free than the shape needs. A request goes to the node (and, when
+it shares a GPU, to the GPU) whose fragmentation grows least.
+
+One `NodeState` holds a cluster's free capacity with per-GPU detail (milli-GPU per device, as integers so that
+fits are exact); `Fragmentation` scores candidate placements on it in numpy, with per-node caches that the replay
+updates incrementally. The live policy (``policy="fragmentation"``) builds a `NodeState` from a snapshot's rows, where
+Ray reports only a node's total free GPU, so it assumes fractional GPUs are packed (see `NodeState.from_rows`).
+
+Example:
+    >>> mix = RequestMix.of({Shape(cpu_milli=4000, gpu_milli=500, gpus=1): 1.0})
+    >>> state = NodeState.empty(cpu_milli=[8000, 8000], memory=[0, 0], gpus=[1, 1], models=["T4", "T4"])
+    >>> state.take(0, Shape(cpu_milli=1000, gpu_milli=600, gpus=1), 1000)  # node 0 keeps 0.4 of a GPU free
+    >>> frag = Fragmentation(mix, state.models)
+    >>> best = frag.best(state, Shape(cpu_milli=1000, gpu_milli=400, gpus=1), np.array([0, 1]))
+    >>> int(best.node), int(best.gpu_value)  # the 0.4 left on node 0 is a fragment for the mix: fill it
+    (0, 400)
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rayfleet.resources import ACCELERATOR_PREFIX, Resources
+
+MILLI = 1000  # a whole GPU, in milli-GPU
+COVERAGE = 0.95  # the typical mix: the most frequent shapes covering 95% of requests (the paper's setting)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One request as the fragmentation measure sees it.
+
+    Attributes:
+        cpu_milli: milli-CPUs.
+        gpu_milli: per GPU: below 1000 shares ONE GPU (then ``gpus`` is 1); 1000 means whole GPUs.
+        gpus: how many GPUs (0 for a CPU-only request).
+        memory: bytes; checked by the fit, ignored by the measure (as in the paper).
+        accelerators: allowed GPU models; empty means any.
+    """
+
+    cpu_milli: int
+    gpu_milli: int = 0
+    gpus: int = 0
+    memory: int = 0
+    accelerators: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.gpus and not 0 < self.gpu_milli <= MILLI:
+            raise ValueError(f"gpu_milli={self.gpu_milli} must be in 1..{MILLI} when gpus={self.gpus}")
+        if self.gpu_milli < MILLI and self.gpus > 1:
+            raise ValueError("a GPU-sharing request takes part of ONE GPU: gpus must be 1")
+
+    @property
+    def total_gpu_milli(self) -> int:
+        return self.gpu_milli * self.gpus
+
+    @property
+    def sharing(self) -> bool:
+        return self.gpus == 1 and self.gpu_milli < MILLI
+
+    def without_memory(self) -> Shape:
+        return Shape(self.cpu_milli, self.gpu_milli, self.gpus, 0, self.accelerators)
+
+    @classmethod
+    def of(cls, resources: Resources) -> Shape:
+        """The shape of a rayfleet request: fractional ``gpu`` shares one GPU, whole ``gpu`` takes whole GPUs.
+
+        Example:
+            >>> Shape.of(Resources(cpu=2, gpu=0.5))
+            Shape(cpu_milli=2000, gpu_milli=500, gpus=1, memory=0, accelerators=frozenset())
+        """
+        gpu = float(resources.gpu)
+        if gpu <= 0:
+            milli, count = 0, 0
+        elif gpu < 1:
+            milli, count = max(1, round(gpu * MILLI)), 1
+        else:
+            milli, count = MILLI, math.ceil(gpu - 1e-9)
+        return cls(round(resources.cpu * MILLI), milli, count, int(resources.memory), resources.accelerators)
+
+
+@dataclass(frozen=True)
+class RequestMix:
+    """The typical requests, with popularity weights summing to 1.
+
+    Example:
+        >>> mix = RequestMix.typical([Shape(1000)] * 3 + [Shape(1000, 500, 1)], coverage=0.5)
+        >>> mix.shapes, mix.weights
+        ((Shape(cpu_milli=1000, gpu_milli=0, gpus=0, memory=0, accelerators=frozenset()),), (1.0,))
+    """
+
+    shapes: tuple[Shape, ...]
+    weights: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.shapes) != len(self.weights) or not self.shapes:
+            raise ValueError("a request mix needs at least one shape and one weight per shape")
+
+    @classmethod
+    def of(cls, weighted: Mapping[Shape, float]) -> RequestMix:
+        """A mix from shapes and (unnormalised) weights."""
+        total = float(sum(weighted.values()))
+        if total <= 0:
+            raise ValueError("a request mix needs a positive total weight")
+        merged: Counter[Shape] = Counter()
+        for shape, w in weighted.items():
+            merged[shape.without_memory()] += w
+        return cls(tuple(merged), tuple(w / total for w in merged.values()))
+
+    @classmethod
+    def typical(cls, requests: Iterable[Shape | Resources], coverage: float = COVERAGE) -> RequestMix:
+        """The paper's typical pods: the most frequent shapes, in order, until they cover ``coverage`` of requests.
+
+        Ties in frequency are broken by the shape (smaller first) so equal inputs give equal mixes.
+
+        Raises:
+            ValueError: ``requests`` is empty.
+        """
+        counts = Counter(r.without_memory() if isinstance(r, Shape) else Shape.of(r).without_memory() for r in requests)
+        if not counts:
+            raise ValueError("no requests to learn a mix from")
+        total = sum(counts.values())
+        ordered = sorted(counts.items(), key=lambda kv: (-kv[1], _shape_key(kv[0])))
+        kept: dict[Shape, float] = {}
+        covered = 0
+        for shape, count in ordered:
+            if covered >= coverage * total:
+                break
+            kept[shape] = count
+            covered += count
+        return cls.of(kept)
+
+
+def _shape_key(shape: Shape) -> tuple[int, int, int, tuple[str, ...]]:
+    return (shape.cpu_milli, shape.gpu_milli, shape.gpus, tuple(sorted(shape.accelerators)))
+
+
+@dataclass
+class NodeState:
+    """Free capacity of a cluster's nodes with per-GPU detail. The replay changes it with `take`.
+
+    Attributes:
+        cpu: free milli-CPUs per node, shape (n,).
+        memory: free bytes per node, shape (n,).
+        gpus: free milli-GPU of each GPU, sorted descending per node, shape (n, max GPUs); absent GPUs hold 0.
+        model: index into ``models`` of each node's GPU model, -1 for none.
+        models: the GPU model names.
+    """
+
+    cpu: np.ndarray
+    memory: np.ndarray
+    gpus: np.ndarray
+    model: np.ndarray
+    models: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return int(self.cpu.shape[0])
+
+    @classmethod
+    def empty(
+        cls,
+        cpu_milli: Sequence[int],
+        memory: Sequence[int],
+        gpus: Sequence[int],
+        models: Sequence[str | None],
+    ) -> NodeState:
+        """Idle nodes from their sizes (milli-CPUs, bytes, GPU count, GPU model or ``None``)."""
+        names = tuple(sorted({m for m in models if m}))
+        width = max([1, *gpus])
+        grid = np.zeros((len(gpus), width), dtype=np.int64)
+        for i, count in enumerate(gpus):
+            grid[i, :count] = MILLI
+        index = np.array([names.index(m) if m else -1 for m in models], dtype=np.int64)
+        return cls(np.array(cpu_milli, dtype=np.int64), np.array(memory, dtype=np.int64), grid, index, names)
+
+    @classmethod
+    def from_rows(cls, free: np.ndarray, total: np.ndarray, keys: Sequence[str]) -> NodeState:
+        """The state of snapshot rows (Ray resource names as ``keys``).
+
+        Ray reports a node's total free GPU, not each GPU's; this assumes fractional use is packed: ``floor(free)``
+        whole GPUs, one GPU with the fractional rest, and the others taken.
+        """
+        col = {k: i for i, k in enumerate(keys)}
+        n = free.shape[0]
+
+        def column(key: str, array: np.ndarray) -> np.ndarray:
+            return array[:, col[key]] if key in col else np.zeros(n)
+
+        gpu_free = np.maximum(column("GPU", free), 0.0)
+        gpu_total = np.rint(column("GPU", total)).astype(np.int64)
+        width = max(1, int(gpu_total.max(initial=0)))
+        whole = np.floor(gpu_free + 1e-9).astype(np.int64)
+        part = np.rint((gpu_free - whole) * MILLI).astype(np.int64)
+        slots = np.arange(width)[None, :]
+        grid = np.where(slots < whole[:, None], MILLI, 0) + np.where(slots == whole[:, None], part[:, None], 0)
+        grid = np.where(slots < gpu_total[:, None], grid, 0).astype(np.int64)
+        names = tuple(sorted(k[len(ACCELERATOR_PREFIX) :] for k in keys if k.startswith(ACCELERATOR_PREFIX)))
+        model = np.full(n, -1, dtype=np.int64)
+        for m, name in enumerate(names):
+            model[column(ACCELERATOR_PREFIX + name, total) > 0] = m
+        cpu = np.rint(column("CPU", free) * MILLI).astype(np.int64)
+        return cls(cpu, np.floor(column("memory", free)).astype(np.int64), grid, model, names)
+
+    def model_mask(self, allowed: frozenset[str]) -> np.ndarray:
+        """Which nodes have a GPU model in ``allowed`` (every node when ``allowed`` is empty)."""
+        if not allowed:
+            return np.ones(self.size, dtype=bool)
+        ok = np.array([m in allowed for m in self.models] + [False])
+        return ok[self.model]  # index -1 (no model) reads the trailing False
+
+    def fits(self, shape: Shape) -> np.ndarray:
+        """Which nodes can hold ``shape`` now: CPU, memory, GPU model, and enough GPUs with enough free each."""
+        ok = (self.cpu >= shape.cpu_milli) & (self.memory >= shape.memory)
+        if shape.gpus:
+            ok &= (self.gpus >= shape.gpu_milli).sum(axis=1) >= shape.gpus
+            if shape.accelerators:
+                ok &= self.model_mask(shape.accelerators)
+        return ok
+
+    def take(self, node: int, shape: Shape, gpu_value: int) -> None:
+        """Place ``shape`` on ``node``: a sharing request on one GPU that has ``gpu_value`` free, else whole GPUs."""
+        self.cpu[node] -= shape.cpu_milli
+        self.memory[node] -= shape.memory
+        if not shape.gpus:
+            return
+        row = self.gpus[node]
+        if shape.sharing:
+            j = int(np.flatnonzero(row == gpu_value)[0])
+            if row[j] < shape.gpu_milli:
+                raise ValueError(f"GPU with {row[j]} milli free cannot take {shape.gpu_milli}")
+            row[j] -= shape.gpu_milli
+        else:
+            whole = np.flatnonzero(row == MILLI)[: shape.gpus]
+            if len(whole) < shape.gpus:
+                raise ValueError(f"node {node} has {len(whole)} whole GPUs free, not {shape.gpus}")
+            row[whole] = 0
+        row[:] = np.sort(row)[::-1]
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Where a request could go on the fitting nodes: one row per distinct (node, GPU free value) choice.
+
+    Attributes:
+        node: the node of each candidate.
+        gpu_value: free milli of the GPU a sharing request would take there (1000 for whole GPUs, 0 for none).
+        growth: fragmentation after minus before, in milli-GPU (lower is better).
+    """
+
+    node: np.ndarray
+    gpu_value: np.ndarray
+    growth: np.ndarray
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The best candidate: the node, the free value of the GPU it takes, and the fragmentation growth (milli-GPU)."""
+
+    node: int
+    gpu_value: int
+    growth: float
+
+
+@dataclass
+class Fragmentation:
+    """The fragmentation of nodes against a request mix, and its growth for a candidate placement.
+
+    ``cache`` holds per-node sufficient statistics for the state it was last built on; the replay keeps it current
+    with `refresh` after each placement, so a decision costs O(candidates x shapes), not a full recount.
+    """
+
+    mix: RequestMix
+    models: tuple[str, ...]
+    cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        gpu = [(s, w) for s, w in zip(self.mix.shapes, self.mix.weights, strict=True) if s.gpus]
+        self._total_weight = float(sum(self.mix.weights))
+        self._thresholds = np.array(sorted({s.gpu_milli for s, _ in gpu} or {MILLI}), dtype=np.int64)
+        k = {t: i for i, t in enumerate(self._thresholds.tolist())}
+        self._k = np.array([k[s.gpu_milli] for s, _ in gpu], dtype=np.int64)
+        self._need = np.array([s.gpus for s, _ in gpu], dtype=np.int64)
+        self._cpu = np.array([s.cpu_milli for s, _ in gpu], dtype=np.int64)
+        self._w = np.array([w for _, w in gpu], dtype=float)
+        # access[m, s]: a node of model m may hold shape s; the last row is for nodes without a model
+        access = np.ones((len(self.models) + 1, len(gpu)), dtype=bool)
+        for j, (s, _) in enumerate(gpu):
+            if s.accelerators:
+                access[:, j] = [m in s.accelerators for m in self.models] + [False]
+        self._access = access
+
+    # ----- the measure ----------------------------------------------------------------------------------------------
+
+    def stats(self, gpus: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per node and threshold t: GPUs with >= t free, idle milli on GPUs with < t free; and all idle milli."""
+        t = self._thresholds[None, None, :]
+        g = gpus[:, :, None]
+        count = (g >= t).sum(axis=1)
+        below = np.where(g < t, g, 0).sum(axis=1)
+        return count, below, gpus.sum(axis=1)
+
+    def value(
+        self, count: np.ndarray, below: np.ndarray, idle: np.ndarray, cpu: np.ndarray, model: np.ndarray
+    ) -> np.ndarray:
+        """Fragmentation (milli-GPU) from the statistics: idle GPU that the mix's shapes cannot use."""
+        fit = self._access[model] & (count[:, self._k] >= self._need) & (cpu[:, None] >= self._cpu)
+        usable = (idle[:, None] - below[:, self._k]) * fit
+        return idle * self._total_weight - usable @ self._w
+
+    def of(self, state: NodeState) -> np.ndarray:
+        """The fragmentation of every node of ``state``."""
+        count, below, idle = self.stats(state.gpus)
+        return self.value(count, below, idle, state.cpu, state.model)
+
+    def prepare(self, state: NodeState) -> None:
+        """Build the per-node cache for ``state``."""
+        count, below, idle = self.stats(state.gpus)
+        self.cache = {"count": count, "below": below, "idle": idle}
+        self.cache["frag"] = self.value(count, below, idle, state.cpu, state.model)
+
+    def refresh(self, state: NodeState, node: int) -> None:
+        """Update the cache after ``node`` of ``state`` changed."""
+        count, below, idle = self.stats(state.gpus[node : node + 1])
+        self.cache["count"][node], self.cache["below"][node], self.cache["idle"][node] = count[0], below[0], idle[0]
+        self.cache["frag"][node] = self.value(
+            count, below, idle, state.cpu[node : node + 1], state.model[node : node + 1]
+        )[0]
+
+    # ----- candidates -----------------------------------------------------------------------------------------------
+
+    def candidates(self, state: NodeState, shape: Shape, rows: np.ndarray) -> Candidates:
+        """Every distinct way to place ``shape`` on the fitting ``rows``, with the fragmentation growth of each.
+
+        Uses the cache when it is built (`prepare`), else computes the statistics of ``rows`` on the fly.
+        """
+        if self.cache:
+            count, below, idle, frag = (self.cache[k][rows] for k in ("count", "below", "idle", "frag"))
+        else:
+            count, below, idle = self.stats(state.gpus[rows])
+            frag = self.value(count, below, idle, state.cpu[rows], state.model[rows])
+        if shape.sharing:
+            g = state.gpus[rows]
+            distinct = np.ones_like(g, dtype=bool)
+            distinct[:, 1:] = g[:, 1:] != g[:, :-1]  # rows are sorted: equal GPUs give equal outcomes
+            pick, slot = np.nonzero((g >= shape.gpu_milli) & distinct)
+            before = g[pick, slot]
+            after = before - shape.gpu_milli
+            times = 1
+        else:
+            pick = np.arange(len(rows))
+            before = np.full(len(rows), MILLI if shape.gpus else 0, dtype=np.int64)
+            after = np.zeros(len(rows), dtype=np.int64)
+            times = shape.gpus
+        t = self._thresholds[None, :]
+        b, a = before[:, None], after[:, None]
+        count_after = count[pick] - times * (b >= t) + times * (a >= t)
+        below_after = below[pick] - times * np.where(b < t, b, 0) + times * np.where(a < t, a, 0)
+        idle_after = idle[pick] - times * (before - after)
+        cpu_after = state.cpu[rows][pick] - shape.cpu_milli
+        grown = self.value(count_after, below_after, idle_after, cpu_after, state.model[rows][pick]) - frag[pick]
+        return Candidates(rows[pick], before, grown)
+
+    def best(self, state: NodeState, shape: Shape, rows: np.ndarray) -> Choice | None:
+        """The best candidate by `rank`: least growth as FGD scores it, then the fullest node, then the lowest index."""
+        if not len(rows):
+            return None
+        c = self.candidates(state, shape, rows)
+        score = rank(c.growth, leftover(state, c.node, shape))
+        i = int(np.lexsort((c.node, score))[0])
+        return Choice(int(c.node[i]), int(c.gpu_value[i]), float(c.growth[i]))
+
+
+def fgd_score(growth: np.ndarray) -> np.ndarray:
+    """The FGD paper's node score: ``int(100 x sigmoid(-growth in GPUs))``, 0..99, higher is better.
+
+    The integer cut matters: growths within a few hundredths of a GPU tie, and the tie-break then packs (the paper's
+    simulator breaks ties in one fixed node order; rayfleet breaks them by best fit).
+    """
+    return np.floor(100.0 / (1.0 + np.exp(np.clip(growth / MILLI, -700.0, 700.0))) + 1e-9)
+
+
+def rank(growth: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """One float per candidate, lower is better: ``100 - fgd_score``, then the best-fit leftover (below 1)."""
+    return (100.0 - fgd_score(growth)) + np.clip(left, 0.0, 0.999)
+
+
+def leftover(state: NodeState, nodes: np.ndarray, shape: Shape) -> np.ndarray:
+    """The paper's best-fit measure (lower is fuller): half the CPU and half the GPU left, over 128 CPUs and 8 GPUs."""
+    cpu_left = (state.cpu[nodes] - shape.cpu_milli) / (128 * MILLI)
+    gpu_left = (state.gpus[nodes].sum(axis=1) - shape.total_gpu_milli) / (8 * MILLI)
+    return 0.5 * cpu_left + 0.5 * gpu_left
+
+
+def best_fit_gpu(state: NodeState, node: int, shape: Shape) -> int:
+    """The GPU a request takes on ``node`` by best fit: the least free GPU that holds a sharing request."""
+    if not shape.gpus:
+        return 0
+    if not shape.sharing:
+        return MILLI
+    row = state.gpus[node]
+    return int(row[row >= shape.gpu_milli].min())
+
+
+# ----- the live policy: policy="fragmentation" ----------------------------------------------------------------------
+
+
+class LiveMix:
+    """The request mix the live policy measures against: configured, learned from the ledger, or absent.
+
+    Without a mix, a request is measured against its own shape (the fragmentation that would stop the next one like
+    it). Thread-safe: the dispatcher may learn a new mix while placements run.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._mix: RequestMix | None = None
+
+    def use(self, mix: RequestMix | None) -> None:
+        with self._lock:
+            self._mix = mix
+
+    def get(self) -> RequestMix | None:
+        with self._lock:
+            return self._mix
+
+
+LIVE_MIX = LiveMix()
+
+
+def mix_from_config(entries: Iterable[Mapping[str, object] | object]) -> RequestMix | None:
+    """A mix from the fleet's ``fragmentation_mix`` entries (cpu, gpu, accelerators, weight); ``None`` when empty."""
+    weighted: dict[Shape, float] = {}
+    for entry in entries:
+        get = entry.get if isinstance(entry, Mapping) else lambda k, d=None, e=entry: getattr(e, k, d)
+        resources = Resources(cpu=get("cpu", 0.0), gpu=get("gpu", 0.0), accelerators=get("accelerators", None) or ())
+        shape = Shape.of(resources)
+        weighted[shape] = weighted.get(shape, 0.0) + float(get("weight", 1.0))  # type: ignore[arg-type]
+    return RequestMix.of(weighted) if weighted else None
+
+
+def mix_from_requests(requests: Iterable[Resources], coverage: float = COVERAGE) -> RequestMix | None:
+    """The typical mix of recent requests (e.g. ``[job.resources for job in ledger.jobs(limit=1000)]``)."""
+    shapes = [Shape.of(r) for r in requests if not r.is_empty]
+    return RequestMix.typical(shapes, coverage) if shapes else None
+
+
+def live_growth(
+    free: np.ndarray, total: np.ndarray, vec: np.ndarray, keys: Sequence[str], request: Resources
+) -> np.ndarray:
+    """Node score for ``policy="fragmentation"``, per row (lower is better): `rank` of the fragmentation growth.
+
+    Same signature as the other node scores in `rayfleet.placement.policies`; `place` takes the best node per
+    cluster and ranks clusters by it, so a cluster is scored by the growth at its best node. A CPU-only request on
+    a GPU node grows fragmentation when it leaves too few CPUs for the mix's GPU shapes, so it goes elsewhere.
+    """
+    state = NodeState.from_rows(free, total, keys)
+    shape = Shape.of(request)
+    if any(k.startswith(ACCELERATOR_PREFIX) and v > 0 for k, v in zip(keys, vec, strict=True)):
+        # place() already chose one model for this vector and kept only its rows: measure without the constraint
+        shape = Shape(shape.cpu_milli, shape.gpu_milli, shape.gpus, shape.memory, frozenset())
+    mix = LIVE_MIX.get() or RequestMix.of({shape: 1.0})
+    frag = Fragmentation(mix, state.models)
+    c = frag.candidates(state, shape, np.arange(state.size))
+    # a row place() found fitting with no candidate (the packing assumption was wrong): rank it after all others
+    out = np.full(state.size, 101.0)
+    if len(c.node):
+        np.minimum.at(out, c.node, rank(c.growth, leftover(state, c.node, shape)))
+    return out
