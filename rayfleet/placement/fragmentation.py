@@ -383,7 +383,7 @@ class Fragmentation:
 
 
 def fgd_score(growth: np.ndarray) -> np.ndarray:
-    """The FGD paper's node score: ``int(100 x sigmoid(-growth in GPUs))``, 0..99, higher is better.
+    """The FGD paper's node score: ``int(100 x sigmoid(-growth in GPUs))``, 0..100, higher is better.
 
     The integer cut matters: growths within a few hundredths of a GPU tie, and the tie-break then packs (the paper's
     simulator breaks ties in one fixed node order; rayfleet breaks them by best fit).
