@@ -640,6 +640,9 @@ def _environment() -> dict[str, str]:
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # bind 127.0.0.1 only (FACTS.md)
         AUTOSCALER_UPDATE_INTERVAL_S="1",  # capacity reports (and autoscaler decisions) every second instead of five
         RAY_USAGE_STATS_ENABLED="0",
+        # Ray 2.60 turns token auth on for `ray start` whenever ~/.ray/auth_token exists, and any `ray.init()` without
+        # an address writes that file: then every dashboard call gets 401. Local clusters listen on loopback only.
+        RAY_AUTH_MODE="disabled",
     )
     return env
 
