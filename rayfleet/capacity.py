@@ -325,7 +325,9 @@ class Prober:
             return session
 
     def _get(self, name: str, path: str) -> Any:
-        response = self._session(name).get(self.clusters[name].address + path, timeout=self.timeout)
+        cluster = self.clusters[name]
+        # verify per request: requests lets $REQUESTS_CA_BUNDLE override a session's verify (a CA path, even False)
+        response = self._session(name).get(cluster.address + path, timeout=self.timeout, verify=cluster.verify_tls)
         response.raise_for_status()
         return response.json()
 
@@ -371,6 +373,9 @@ def _with_version(snapshot: ClusterSnapshot, version: tuple[str, str] | None) ->
 
 
 def _short(error: BaseException) -> str:
+    if isinstance(error, requests.exceptions.SSLError):  # a ConnectionError too, but not one a restart would fix
+        reason = getattr(error.__context__, "reason", None) or error
+        return f"TLS failed (certificate not trusted? set verify_tls to its CA bundle): {str(reason)[-160:]}"
     if isinstance(error, requests.ConnectionError):
         return "connection refused or host unreachable"
     if isinstance(error, requests.Timeout):
