@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from ray.job_submission import JobSubmissionClient
+from ray.util.state import list_placement_groups
 
 from rayfleet import Fleet, Gang, JobState, NoCapacityError, Resources
 from rayfleet.group import GroupHandle, open_group, submit_group
@@ -170,3 +171,35 @@ def test_a_member_that_cannot_be_placed_aborts_the_group(fleet: Fleet, tmp_path:
     assert first.cluster == "cpu"
     assert group.wait(timeout=60)[0] in (JobState.FAILED, JobState.STOPPED), first.logs()
     assert not marker.exists()  # withdrawn (stopped, or it saw the abort), never ran
+
+
+def test_stopping_a_member_before_the_decision_withdraws_the_whole_group(
+    fleet: Fleet, gpu_client: JobSubmissionClient, addresses: dict[str, str], tmp_path: Path
+) -> None:
+    release = tmp_path / "release"
+    blocker = block_gpus(gpu_client, release)
+    try:
+        spec, markers = members(tmp_path)
+        group = submit_group(fleet._dispatcher, spec, timeout_s=90, rendezvous=tmp_path / "groups")
+        waiting = group.members[1]
+        # member 1's launcher is up and waiting for its placement group (so its SIGTERM handler is in place)
+        name = f"rayfleet:{waiting.submission_id}"
+        poll(
+            lambda: (
+                [g.state for g in list_placement_groups(address=addresses["gpu"], filters=[("name", "=", name)])]
+                == ["PENDING"]
+            ),
+            timeout=60,
+        )
+        poll(lambda: 0 in group.reservations(), timeout=60)
+        waiting.stop()
+        states = group.wait(timeout=60)
+    finally:
+        release.touch()
+        gpu_client.stop_job(blocker)
+    decision = group.decision()
+    assert decision is not None and (decision.outcome, decision.by) == (ABORT, "member 1"), decision
+    assert "stopped before the group's decision" in decision.reason
+    assert states == [JobState.FAILED, JobState.STOPPED], logs(group)
+    assert [starts(m) for m in markers] == [[], []]
+    assert GROUP_ABORTED_MARKER in group.members[0].logs()
