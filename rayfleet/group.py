@@ -179,7 +179,7 @@ def validate_members(
                 policy=member.policy,
                 metadata=member.metadata,
                 gang=member.gang,
-                reservation_timeout_s=timeout_s,
+                start_timeout_s=timeout_s,
             )
             if sub.gang is None and sub.resources.is_empty:
                 raise InvalidRequestError(
