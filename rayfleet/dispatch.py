@@ -838,6 +838,11 @@ class Dispatcher:
         if attempt is None or attempt.state.is_terminal() or attempt.cluster not in self._backends:
             return self.ledger.job(job_id) if job.attempts[:-1] else job
         sid, cluster = attempt.submission_id, attempt.cluster
+        reading = self.prober.cached(cluster)
+        if reading is not None and not reading.healthy:  # known down: ask again only once its probe backoff ends
+            reading = self.snapshots([cluster])[cluster]
+            if not reading.healthy:
+                return self._unreachable(job, ClusterUnreachableError(reading.error or "unreachable", cluster=cluster))
         try:
             info = self._backends[cluster].info(sid)
         except JobNotFoundError:

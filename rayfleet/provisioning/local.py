@@ -186,6 +186,8 @@ def ports_of(base: int) -> dict[str, int]:
 
 def _taken(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # as servers bind: a port whose old connections linger in TIME_WAIT (a cluster just stopped) is free
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError as e:
