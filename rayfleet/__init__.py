@@ -19,6 +19,7 @@ from rayfleet.errors import (
     UnknownClusterError,
 )
 from rayfleet.fleet import Fleet
+from rayfleet.group import GroupHandle, GroupMember
 from rayfleet.jobs import JobHandle
 from rayfleet.pipeline import Pipeline, PipelineResult, Stage, StageRun, StageState
 from rayfleet.provisioning.local import (
@@ -42,6 +43,8 @@ __all__ = [
     "Fleet",
     "FleetConfig",
     "Gang",
+    "GroupHandle",
+    "GroupMember",
     "InvalidPipelineError",
     "InvalidRequestError",
     "InvalidResourcesError",

@@ -310,6 +310,22 @@ class Prober:
             if health.last is not None and health.last.healthy:
                 health.last = None
 
+    def read_session(self, name: str) -> str | None:
+        """The cluster's Ray session now, read afresh from ``/api/version`` (None if it does not answer). A head
+        that restarted has a new session, and has lost its jobs."""
+        if name not in self.clusters:
+            return None
+        try:
+            info = self._get(name, "/api/version")
+        except (requests.RequestException, ValueError):
+            return None
+        session = info.get("session_name")
+        with self._lock:
+            health = self._health.get(name)
+            if health is not None and session:
+                health.version = (info.get("ray_version", "?"), session)
+        return session
+
     # ----- one probe ----------------------------------------------------------------------------------------------
 
     def _session(self, name: str) -> requests.Session:

@@ -346,6 +346,12 @@ class FleetConfig(BaseModel):
         probe_ttl_s: how long a capacity reading is reused.
         probe_timeout_s: the bound on one capacity probe.
         hold_ttl_s: the longest an optimistic hold (placed, not yet seen by a probe) is kept.
+        start_timeout_s: how long a job placed on free capacity may take to reserve its resources and start before
+            it is withdrawn and placed elsewhere (placements on autoscaler headroom or a new cluster add the
+            template's ``scale_up_s``).
+        unknown_after_s: a job's cluster that has not answered for this long makes the job UNKNOWN.
+        max_in_flight: the most submissions this process sends to one cluster at the same time (protects heads).
+        fair_share: order queued jobs of the same priority by how many active jobs their owner has.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -359,6 +365,10 @@ class FleetConfig(BaseModel):
     probe_ttl_s: float = Field(default=2.0, ge=0, allow_inf_nan=False)
     probe_timeout_s: float = Field(default=2.0, gt=0, allow_inf_nan=False)
     hold_ttl_s: float = Field(default=15.0, gt=0, allow_inf_nan=False)
+    start_timeout_s: float = Field(default=3.0, gt=0)
+    unknown_after_s: float = Field(default=30.0, ge=0)
+    max_in_flight: int = Field(default=4, ge=1)
+    fair_share: bool = False
 
     @field_validator("name")
     @classmethod

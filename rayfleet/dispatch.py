@@ -14,12 +14,13 @@ import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rayfleet import launch
 from rayfleet.backends.ray_jobs import RayJobs
 from rayfleet.capacity import ClusterSnapshot, Prober
-from rayfleet.config import FLEET_ENV, Cluster, FleetConfig
+from rayfleet.config import FLEET_ENV, POLICIES, Cluster, FleetConfig
 from rayfleet.errors import (
     ClusterError,
     ClusterUnreachableError,
@@ -53,6 +54,8 @@ DEFAULT_RESERVATION_TIMEOUT_S = DEFAULT_START_TIMEOUT_S  # the name it had befor
 # An attempt recorded PLACED that its cluster does not have after this long was never submitted: the process placing
 # it stopped first (its submit retries end well before this).
 PLACED_GRACE_S = 120.0
+# A managed cluster still CREATING this long after its template's ready timeout was left by a creator that crashed.
+CREATING_MARGIN_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,10 @@ class Dispatcher:
             raise InvalidRequestError(
                 "the entrypoint is empty", "give the shell command to run, e.g. 'python train.py'"
             )
+        if "\x00" in entrypoint:
+            raise InvalidRequestError(
+                "the entrypoint contains a NUL byte, which no shell can run", "remove the \\x00 from the command"
+            )
         res = Resources.of(resources)
         if gang is not None:
             gang = gang if isinstance(gang, Gang) else Gang(**dict(gang))
@@ -262,12 +269,14 @@ class Dispatcher:
         if cluster is not None and cluster not in self._clusters:
             names = ", ".join(self._clusters)
             raise UnknownClusterError(f"no cluster named {cluster!r} in the fleet", f"pin to one of: {names}")
-        if runtime_env is not None and not isinstance(runtime_env, Mapping):
-            raise InvalidRequestError(
-                f"runtime_env={runtime_env!r} is not a mapping", "pass a dict, e.g. {'pip': [...]}"
-            )
+        if runtime_env is not None:
+            _check_runtime_env(runtime_env)
         if labels is not None and not isinstance(labels, Mapping):
             raise InvalidRequestError(f"labels={labels!r} is not a mapping", "pass a dict, e.g. {'cloud': 'gcp'}")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise InvalidRequestError(f"metadata={metadata!r} is not a mapping", "pass a dict of strings")
+        if policy is not None and policy not in POLICIES:
+            raise InvalidRequestError(f"unknown policy {policy!r}", f"use one of: {', '.join(sorted(POLICIES))}")
         meta = {str(k): str(v) for k, v in (metadata or {}).items()}
         reserved = sorted(k for k in meta if k.startswith(METADATA_PREFIX))
         if reserved:
@@ -750,7 +759,12 @@ class Dispatcher:
                 live = record is not None and record.state in ("CREATING", "READY")
                 expired = cluster.idle_deadline is not None and cluster.idle_deadline <= now
                 if live and record is not None and record.state == "CREATING":
-                    continue  # another process may be creating it right now
+                    template = next((t for t in provisioner.templates if t.name == record.template), None)
+                    limit = (template.ready_timeout_s if template else 600.0) + CREATING_MARGIN_S
+                    if now - record.created_at < limit:
+                        continue  # another process may be creating it right now
+                    live = False  # its creator stopped waiting long ago: it crashed
+                    self.ledger.update_managed(cluster.name, state="FAILED", ended_at=now, detail="creator gone")
                 if not (everything or expired or not live):
                     continue
                 if live and cluster.name in self._managed:
@@ -1016,6 +1030,28 @@ class Dispatcher:
                 "versions, but runtime_env features may differ. Align the versions to be safe.",
                 stacklevel=2,
             )
+
+
+def _check_runtime_env(runtime_env: Any) -> None:
+    """What Ray's client would refuse at submit time (after the ledger recorded the attempt), refused before."""
+    if not isinstance(runtime_env, Mapping):
+        raise InvalidRequestError(f"runtime_env={runtime_env!r} is not a mapping", "pass a dict, e.g. {'pip': [...]}")
+    for key in ("working_dir", "py_modules"):
+        value = runtime_env.get(key)
+        for item in [value] if isinstance(value, str) else (value or []):
+            if isinstance(item, str) and "://" not in item and not Path(item).expanduser().exists():
+                raise InvalidRequestError(
+                    f"runtime_env {key} {item!r} does not exist on this machine",
+                    f"give an existing local path or a remote URI for {key}",
+                )
+    from ray.runtime_env import RuntimeEnv
+
+    try:
+        RuntimeEnv(**dict(runtime_env))
+    except (TypeError, ValueError) as e:
+        raise InvalidRequestError(
+            f"runtime_env is not valid for Ray: {e}", "see Ray's runtime_env docs (env_vars values must be strings)"
+        ) from None
 
 
 def _number(value: Any, name: str) -> float:

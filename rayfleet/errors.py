@@ -67,7 +67,9 @@ class NoCapacityError(RayfleetError):
         rejects: Mapping[str, str] | None = None,
         largest_nodes: Mapping[str, str] | None = None,
         history: Sequence[tuple[str, str]] = (),
+        never_fits: bool = False,
     ) -> None:
+        self.never_fits = never_fits  # larger than any node and any template: waiting in a queue would not help
         self.rejects = dict(rejects or {})
         self.largest_nodes = dict(largest_nodes or {})
         self.history = list(history)
@@ -118,11 +120,6 @@ class PortInUseError(LocalFleetError):
     """A port a local cluster needs is already taken by another process."""
 
 
-class InsecureAddressWarning(UserWarning):
-    """A cluster's dashboard is reached over plain HTTP on a network (not loopback): requests and headers are readable
-    by anyone on the path."""
-
-
 class ProvisioningError(RayfleetError):
     """An on-demand cluster could not be created or did not become ready (it was deleted, nothing is left behind).
 
@@ -139,6 +136,11 @@ class ProvisioningError(RayfleetError):
         self.cluster = cluster
         self.status = status
         super().__init__(message, hint)
+
+
+class InsecureAddressWarning(UserWarning):
+    """A cluster's dashboard is reached over plain HTTP on a network (not loopback): requests and headers are readable
+    by anyone on the path."""
 
 
 class PipelineError(RayfleetError):

@@ -12,6 +12,7 @@ from rayfleet.capacity import ClusterSnapshot
 from rayfleet.config import Cluster, FleetConfig
 from rayfleet.dispatch import Dispatcher
 from rayfleet.errors import ConfigError, RayfleetError
+from rayfleet.group import DEFAULT_GROUP_TIMEOUT_S, GroupHandle, GroupMember, submit_group
 from rayfleet.jobs import JobHandle
 from rayfleet.ledger import Ledger
 from rayfleet.placement import Decision
@@ -217,6 +218,22 @@ class Fleet:
             at_least_once=at_least_once,
         )
         return JobHandle(self._dispatcher, self._dispatcher.submit(sub))
+
+    def submit_group(
+        self,
+        members: Sequence[GroupMember | Mapping[str, Any]],
+        *,
+        timeout_s: float = DEFAULT_GROUP_TIMEOUT_S,
+        rendezvous: str | os.PathLike[str] | None = None,
+    ) -> GroupHandle:
+        """Submit jobs, possibly on different clusters, that all run their commands or none does: no member starts
+        until every member has reserved its resources (see docs/groups.md).
+
+        Raises:
+            InvalidRequestError: a bad member ("group member <i>: ..."), timeout or rendezvous; nothing submitted.
+            NoCapacityError, ClusterError: a member could not be placed or submitted; the group was aborted.
+        """
+        return submit_group(self._dispatcher, members, timeout_s=timeout_s, rendezvous=rendezvous)
 
     def queued(self) -> list[JobHandle]:
         """Jobs waiting in the queue, oldest first."""

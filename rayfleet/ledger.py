@@ -200,21 +200,22 @@ class Ledger:
             if not path.exists():  # create it private before SQLite does; -wal/-shm files inherit the mode
                 os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
             conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):  # before anything changes the file
+                conn.close()
+                raise LedgerError(
+                    f"the ledger at {path} has schema version {version}, newer than this rayfleet knows "
+                    f"({len(MIGRATIONS)})",
+                    "upgrade rayfleet, or point it at another ledger file",
+                )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes, fsync at checkpoints
             conn.execute("PRAGMA foreign_keys=ON")
-        except (OSError, sqlite3.Error) as e:
+        except (OSError, ValueError, sqlite3.Error) as e:  # ValueError: a NUL byte in the path
             raise LedgerError(
                 f"cannot open the ledger at {path}: {e}",
                 f"give a writable file path (Fleet(ledger=...), ledger: in the fleet file, or ${LEDGER_ENV})",
             ) from None
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise LedgerError(
-                f"the ledger at {path} has schema version {version}, newer than this rayfleet knows "
-                f"({len(MIGRATIONS)})",
-                "upgrade rayfleet, or point it at another ledger file",
-            )
         for number in range(version, len(MIGRATIONS)):
             conn.execute("BEGIN IMMEDIATE")
             try:

@@ -17,7 +17,7 @@ from ray.job_submission import JobSubmissionClient
 from ray.util.state import list_placement_groups
 
 from rayfleet import Fleet, Gang, JobState, NoCapacityError, Resources
-from rayfleet.group import GroupHandle, open_group, submit_group
+from rayfleet.group import GroupHandle, open_group
 from rayfleet.launch import (
     ABORT,
     GO,
@@ -91,7 +91,7 @@ def test_no_member_runs_before_every_member_has_reserved(
     try:
         spec, markers = members(tmp_path)
         started = time.monotonic()
-        group = submit_group(fleet._dispatcher, spec, timeout_s=90)
+        group = fleet.submit_group(spec, timeout_s=90)
         assert [m.cluster for m in group.members] == ["cpu", "gpu"]
 
         # member 0 holds its reservation and waits: member 1 cannot reserve while the GPUs are taken
@@ -131,7 +131,7 @@ def test_when_one_member_cannot_reserve_no_member_runs(
     try:
         spec, markers = members(tmp_path)
         started = time.monotonic()
-        group = submit_group(fleet._dispatcher, spec, timeout_s=4, rendezvous=tmp_path / "groups")
+        group = fleet.submit_group(spec, timeout_s=4, rendezvous=tmp_path / "groups")
         assert [m.cluster for m in group.members] == ["cpu", "gpu"]
         states = group.wait(timeout=120)
         elapsed = time.monotonic() - started
@@ -160,7 +160,7 @@ def test_a_member_that_cannot_be_placed_aborts_the_group(fleet: Fleet, tmp_path:
         {"entrypoint": "true", "resources": {"gpu": 8}},  # larger than any node of the fleet
     ]
     with pytest.raises(NoCapacityError, match="larger than any node"):
-        submit_group(fleet._dispatcher, spec, timeout_s=60, rendezvous=root)
+        fleet.submit_group(spec, timeout_s=60, rendezvous=root)
 
     (group_dir,) = root.iterdir()
     group = open_group(fleet._dispatcher, group_dir.name, rendezvous=root)
@@ -180,7 +180,7 @@ def test_stopping_a_member_before_the_decision_withdraws_the_whole_group(
     blocker = block_gpus(gpu_client, release)
     try:
         spec, markers = members(tmp_path)
-        group = submit_group(fleet._dispatcher, spec, timeout_s=90, rendezvous=tmp_path / "groups")
+        group = fleet.submit_group(spec, timeout_s=90, rendezvous=tmp_path / "groups")
         waiting = group.members[1]
         # member 1's launcher is up and waiting for its placement group (so its SIGTERM handler is in place)
         name = f"rayfleet:{waiting.submission_id}"
