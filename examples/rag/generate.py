@@ -40,7 +40,7 @@ class Answerer:
         self.ready = time.time()
 
     def times(self) -> tuple[float, float, str]:
-        return self.started, self.ready, ray.get_runtime_context().get_node_id()[:8]
+        return self.started, self.ready, ray.get_runtime_context().get_node_id()[-12:]
 
     def answer(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         vectors = embedding.encode(self.model, [q["question"] for q in batch])
@@ -55,7 +55,7 @@ class Answerer:
                     "answer": text,
                     "cited_section": hits[cited]["section_id"] if hits else None,
                     "cited_chunk": hits[cited]["id"] if hits else None,
-                    "node": ray.get_runtime_context().get_node_id()[:8],
+                    "node": ray.get_runtime_context().get_node_id()[-12:],
                 }
             )
         return out

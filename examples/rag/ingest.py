@@ -26,7 +26,7 @@ def embed_shard(texts: list[str], dtype: str) -> tuple[list[list[float]], float,
     model = embedding.load(dtype, threads=1)
     loaded = time.perf_counter()
     vectors = embedding.encode(model, texts)
-    return vectors.tolist(), loaded - started, ray.get_runtime_context().get_node_id()[:8]
+    return vectors.tolist(), loaded - started, ray.get_runtime_context().get_node_id()[-12:]
 
 
 def read_corpus(uri: str, subset: str) -> tuple[list[tuple[str, str]], str]:
