@@ -1,11 +1,13 @@
-"""Failover time (issue 4; target <= 10 s): a gang placed where it cannot be reserved, until it runs elsewhere.
+"""Failover time (issue 4; target <= 10 s with default settings): a job placed where it cannot start, until it
+runs elsewhere.
 
 Two local multi-node clusters: "fat" (one node, 2 GPUs) and "spread" (two nodes, 1 GPU each). The fleet keeps one
-capacity reading on purpose (probe_ttl_s=3600), then another user takes fat's GPUs, so binpack sends a 2x1-GPU PACK
-gang to fat. Its launcher cannot reserve, exits 75 after ``reservation_timeout_s``, and the dispatcher places the job
-again on "spread". Measured from submit: the failed attempt recorded, the new attempt RUNNING, the job SUCCEEDED.
+capacity reading on purpose (probe_ttl_s=3600), then another user takes fat's GPUs, so binpack sends the job to fat.
+Two kinds of job: a 2x1-GPU PACK gang, and a plain job asking for 1 GPU. Its launcher cannot reserve, exits 75 after
+the start timeout (the fleet's default, 3 s, unless --start-timeout), and the dispatcher places the job again on
+"spread". Measured from submit: the failed attempt recorded, the new attempt RUNNING, the job SUCCEEDED.
 
-    .venv/bin/python benchmarks/failover.py [--runs 3] [--reservation-timeout 3]
+    .venv/bin/python benchmarks/failover.py [--runs 3] [--start-timeout SECONDS]
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ SPECS = (
 )
 
 
-def one_run(local: LocalFleet, workdir: Path, n: int, timeout_s: float) -> dict[str, float]:
+def one_run(local: LocalFleet, workdir: Path, n: int, kind: str, timeout_s: float | None) -> dict[str, float]:
     fat = next(c for c in local.running if c.name == "fat")
     client = JobSubmissionClient(fat.address)
     gang = Gang.of(2, Resources(cpu=1, gpu=1), strategy="PACK")
@@ -45,7 +47,10 @@ def one_run(local: LocalFleet, workdir: Path, n: int, timeout_s: float) -> dict[
             time.sleep(0.1)
         try:
             started = time.monotonic()
-            handle = fleet.submit("python -c 'print(1)'", gang=gang, reservation_timeout_s=timeout_s)
+            if kind == "gang":
+                handle = fleet.submit("python -c 'print(1)'", gang=gang, start_timeout_s=timeout_s)
+            else:
+                handle = fleet.submit("python -c 'print(1)'", {"gpu": 1}, start_timeout_s=timeout_s)
             assert handle.cluster == "fat", handle.attempts
             marks: dict[str, float] = {}
             while "succeeded" not in marks and time.monotonic() - started < 180:
@@ -71,7 +76,7 @@ def one_run(local: LocalFleet, workdir: Path, n: int, timeout_s: float) -> dict[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--reservation-timeout", type=float, default=3.0)
+    parser.add_argument("--start-timeout", type=float, default=None, help="default: the fleet's (3 s)")
     args = parser.parse_args()
     begun = time.time()
     load = _common.loadavg()
@@ -81,11 +86,15 @@ def main() -> None:
         LocalFleet(SPECS, name="failover-bench", directory=Path(tmp) / "fleet") as local,
     ):
         for n in range(args.runs):
-            runs.append(one_run(local, Path(tmp), n, args.reservation_timeout))
-            print(f"run {n}: {runs[-1]}", file=sys.stderr)
+            for kind in ("gang", "plain"):
+                runs.append({"kind": kind, **one_run(local, Path(tmp), n, kind, args.start_timeout)})
+                print(f"run {n}: {runs[-1]}", file=sys.stderr)
+    marks = ("failed_over", "running_elsewhere", "succeeded")
     figures = {
-        k: _common.stats_ms([r[k] for r in runs if k in r]) for k in ("failed_over", "running_elsewhere", "succeeded")
+        kind: {k: _common.stats_ms([r[k] for r in runs if k in r and r["kind"] == kind]) for k in marks}
+        for kind in ("gang", "plain")
     }
+    worst = max(figures[kind]["running_elsewhere"]["p50"] for kind in figures)
     document = {
         "benchmark": "failover",
         "command": _common.command(),
@@ -96,11 +105,12 @@ def main() -> None:
         "loadavg_at_end": _common.loadavg(),
         "parameters": {
             "runs": args.runs,
-            "reservation_timeout_s": args.reservation_timeout,
+            "start_timeout_s": args.start_timeout if args.start_timeout is not None else "default (3 s)",
             "gang": "2 x (1 CPU, 1 GPU) PACK",
+            "plain": "1 GPU",
         },
         "from_submit_ms": figures,
-        "target": {"running_elsewhere_p50_ms": 10_000, "met": figures["running_elsewhere"]["p50"] <= 10_000},
+        "target": {"running_elsewhere_p50_ms": 10_000, "met": worst <= 10_000},
         "runs": runs,
         "runtime_s": round(time.time() - begun, 1),
     }

@@ -193,6 +193,18 @@ def submit(
     cluster: ClusterOpt = None,
     policy: PolicyOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to end and print its logs")] = False,
+    queue: Annotated[
+        bool, typer.Option("--queue", help="When nothing can take it now, queue it (placed by 'rayfleet dispatch')")
+    ] = False,
+    queue_timeout: Annotated[
+        float | None, typer.Option("--queue-timeout", help="With --queue: fail it after this many seconds queued")
+    ] = None,
+    priority: Annotated[int, typer.Option(help="Queued jobs with a higher priority are placed first")] = 0,
+    owner: Annotated[str | None, typer.Option(help="Owner for fair share (default: $RAYFLEET_OWNER or user)")] = None,
+    max_retries: Annotated[int, typer.Option(help="Run it again this many times if its cluster loses it")] = 0,
+    start_timeout: Annotated[
+        float | None, typer.Option(help="Seconds it may take to reserve its resources before it moves elsewhere")
+    ] = None,
     fleet_file: FleetOpt = None,
     ledger: LedgerOpt = None,
 ) -> None:
@@ -208,9 +220,17 @@ def submit(
             labels=_pairs(label, "label"),
             cluster=cluster,
             policy=policy,
+            wait=(queue_timeout if queue_timeout is not None else True) if queue else False,
+            priority=priority,
+            owner=owner,
+            max_retries=max_retries,
+            start_timeout_s=start_timeout,
         )
     )
-    out.print(f"{handle.id} submitted to [bold]{handle.cluster}[/] ({handle.submission_id})", highlight=False)
+    if handle.cluster is None:
+        out.print(f"{handle.id} queued: {handle.record.reason}", highlight=False)
+    else:
+        out.print(f"{handle.id} submitted to [bold]{handle.cluster}[/] ({handle.submission_id})", highlight=False)
     if wait:
         state = _run(lambda: handle.wait())
         out.print(_run(handle.logs), end="", highlight=False, markup=False)
@@ -226,7 +246,8 @@ def dispatch(
     fleet_file: FleetOpt = None,
     ledger: LedgerOpt = None,
 ) -> None:
-    """Run the lifecycle duties: follow jobs on managed clusters, delete those idle past their TTL."""
+    """Run the dispatch loop: follow every job (failover, cluster loss, retries), place queued jobs, delete idle
+    managed clusters."""
     if not interval > 0 or interval == float("inf"):  # 0 or less would spin; NaN compares False
         _fail(InvalidRequestError(f"--interval {interval:g} is not a positive number of seconds", "give e.g. 5"), 2)
     fleet = _run(lambda: _fleet(fleet_file, ledger))

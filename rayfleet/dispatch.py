@@ -33,7 +33,15 @@ from rayfleet.errors import (
 )
 from rayfleet.ledger import AttemptConflict, AttemptRecord, JobRecord, Ledger, ManagedClusterRecord
 from rayfleet.placement import Decision, Hold, PlacementRequest, place
-from rayfleet.placement.provision import Creation, Headroom, ProvisionerState, creations, headroom
+from rayfleet.placement.provision import (
+    Creation,
+    Headroom,
+    ProvisionerState,
+    creations,
+    gang_creations,
+    gang_headroom,
+    headroom,
+)
 from rayfleet.provisioning.base import ManagedCluster
 from rayfleet.provisioning.templates import ClusterTemplate
 from rayfleet.resources import Gang, Resources
@@ -399,6 +407,7 @@ class Dispatcher:
                     runtime_env=sub.runtime_env,
                     metadata=sub.metadata,
                     parent_id=sub.parent_id,
+                    detail=f"waiting: {reason}",
                 )
             log.info("job %s is queued: %s", job_id, reason)
             return job_id
@@ -496,8 +505,8 @@ class Dispatcher:
         elif sub.launched:  # one bundle: the launcher confirms the start (a PENDING Ray job cannot be withdrawn)
             bundles, strategy = [sub.resources.to_ray(target.accelerator)], "STRICT_PACK"
             held = [(target.node_id, bundles[0])]
-        else:  # needs nothing: Ray starts it at once
-            bundles, strategy, held = [], "", []
+        else:  # needs nothing: Ray starts it at once (an empty hold still counts as a recent placement there)
+            bundles, strategy, held = [], "", [(target.node_id, {})]
         if bundles:
             timeout = sub.start_timeout_s + target.scale_up_s
             extra = {"group": sub.group} if sub.group is not None else {}
@@ -594,12 +603,16 @@ class Dispatcher:
         self, sub: Submission, snapshots: Mapping[str, ClusterSnapshot], exclude: frozenset[str] = frozenset()
     ) -> tuple[list[Headroom], list[Creation]]:
         """What could take the request if nothing fits now: headroom on managed clusters, then new clusters."""
-        if sub.cluster is not None or sub.gang is not None or not self._provisioners:
-            return [], []  # gangs on clusters made for them: not yet
+        if sub.cluster is not None or not self._provisioners:
+            return [], []
         managed = self._managed_templates(exclude)
         room = [
             h
-            for h in headroom(sub.resources, managed, snapshots)
+            for h in (
+                gang_headroom(sub.gang, managed, snapshots)
+                if sub.gang is not None
+                else headroom(sub.resources, managed, snapshots)
+            )
             if all(self._clusters[h.cluster].labels.get(k) == v for k, v in sub.labels.items())
         ]
         states = []
@@ -622,7 +635,7 @@ class Dispatcher:
                 for k, v in sub.labels.items()
             )
             else Creation(c.provisioner, c.template, False, "its labels do not match the job's")
-            for c in creations(sub.resources, states)
+            for c in (gang_creations(sub.gang, states) if sub.gang is not None else creations(sub.resources, states))
         ]
         return room, sorted(made, key=lambda c: (not c.fits, c.price, c.workers, c.provisioner, c.template))
 

@@ -261,8 +261,10 @@ class Ledger:
         metadata: Mapping[str, Any] | None = None,
         parent_id: str | None = None,
         attempt: Mapping[str, Any] | None = None,
+        detail: str | None = None,
     ) -> None:
-        """Record a new job, QUEUED, or with its first attempt PLACED (``attempt``: submission_id, cluster, ...)."""
+        """Record a new job, QUEUED (``detail`` says why), or with its first attempt PLACED (``attempt``:
+        submission_id, cluster, ...)."""
         now = time.time()
         with self._tx() as tx:
             tx.execute(
@@ -270,7 +272,7 @@ class Ledger:
                 (job_id, now, entrypoint, _dump(request), _dump(runtime_env), _dump(metadata), parent_id),
             )
             if attempt is None:
-                tx.execute("INSERT INTO transitions VALUES (NULL, ?, NULL, ?, ?, NULL)", (job_id, "QUEUED", now))
+                tx.execute("INSERT INTO transitions VALUES (NULL, ?, NULL, ?, ?, ?)", (job_id, "QUEUED", now, detail))
             else:
                 self._insert_attempt(tx, job_id, attempt, now)
 

@@ -116,7 +116,9 @@ def place(
         mine = [h for h in holds if h.cluster == cluster.name]
         best_on = _best_gang_on if request.gang is not None else _best_on
         options.append(best_on(request, cluster, snapshot, mine))
-    fitting = sorted((o for o in options if o.fits), key=lambda o: (o.score, o.cluster))
+    recent = {c.name: sum(1 for h in holds if h.cluster == c.name) for c in clusters}
+    # equal scores (jobs that ask for nothing): the cluster this dispatcher sent fewer jobs to lately, then by name
+    fitting = sorted((o for o in options if o.fits), key=lambda o: (o.score, recent.get(o.cluster, 0), o.cluster))
     rejected = sorted((o for o in options if not o.fits), key=lambda o: o.cluster)
     return Decision(tuple(fitting + rejected))
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from rayfleet.capacity import ClusterSnapshot
 from rayfleet.provisioning.templates import ClusterTemplate
-from rayfleet.resources import Resources
+from rayfleet.resources import Gang, Resources
 
 
 @dataclass(frozen=True)
@@ -121,4 +121,101 @@ def creations(request: Resources, provisioners: Sequence[ProvisionerState]) -> l
             out.append(
                 Creation(state.name, template.name, True, f"{where} can hold it, {price:g}/h", price, workers, model)
             )
+    return sorted(out, key=lambda c: (not c.fits, c.price, c.workers, c.provisioner, c.template))
+
+
+# ----- gangs ------------------------------------------------------------------------------------------------------
+
+
+def gang_workers(
+    template: ClusterTemplate, gang: Gang, free_slots: Mapping[str, int] | None = None
+) -> tuple[int, str | None] | str:
+    """How a cluster of ``template`` holds every bundle of ``gang`` on workers it adds: (workers, GPU model), or the
+    reason it cannot.
+
+    Conservative: one bundle per new worker, which every strategy allows but STRICT_PACK of several bundles (it needs
+    them on one node: refused here). All GPU bundles get workers of one GPU model, as placement requires.
+    ``free_slots`` caps the workers each group may still add (default: its maximum).
+    """
+    if gang.strategy == "STRICT_PACK" and len(gang.bundles) > 1:
+        return "a STRICT_PACK gang of several bundles needs one node for all: not planned on new workers"
+    for bundle in gang.bundles:
+        if not any(template.max_workers(g) > 0 and g.can_hold(bundle) for g in template.workers):
+            return f"no worker group of template {template.name} can hold a bundle of {bundle.describe()}"
+    slots = {g.name: template.max_workers(g) for g in template.workers} if free_slots is None else dict(free_slots)
+    models = sorted({g.accelerator for g in template.workers if g.accelerator}) or [None]
+    why = f"no worker group of template {template.name} can hold {gang.describe()}"
+    for model in models if any(b.gpu for b in gang.bundles) else [None]:
+        left = dict(slots)
+        ok = True
+        for bundle in sorted(gang.bundles, key=lambda b: (-b.gpu, -b.cpu)):
+            group = next(
+                (
+                    g
+                    for g in template.workers
+                    if left.get(g.name, 0) > 0 and g.can_hold(bundle) and (not bundle.gpu or g.accelerator == model)
+                ),
+                None,
+            )
+            if group is None:
+                ok = False
+                why = f"template {template.name} cannot add a worker for every bundle of {gang.describe()}"
+                break
+            left[group.name] -= 1
+        if ok:
+            return len(gang.bundles), model
+    return why
+
+
+def gang_headroom(
+    gang: Gang, managed: Mapping[str, ClusterTemplate], snapshots: Mapping[str, ClusterSnapshot]
+) -> list[Headroom]:
+    """For each managed autoscaling cluster: can its autoscaler add workers that hold every bundle of ``gang``?"""
+    out = []
+    for name, template in sorted(managed.items()):
+        if not template.autoscaled:
+            continue
+        snap = snapshots.get(name)
+        if snap is None or not snap.healthy:
+            out.append(Headroom(name, False, "no healthy reading"))
+            continue
+        launching = sum(int(n) for n in (snap.autoscaler.get("pending_launches") or {}).values())
+        launching += len(snap.autoscaler.get("pending_nodes") or [])
+        workers = max(0, len(snap.node_ids) - 1) + launching
+        ceiling = sum(template.max_workers(g) for g in template.workers)
+        spare = ceiling - workers
+        # which groups the spare slots belong to is not in the reading: allow each group its maximum, bounded by
+        # the cluster's spare total below
+        plan = gang_workers(template, gang)
+        if isinstance(plan, str):
+            out.append(Headroom(name, False, plan))
+        elif plan[0] > spare:
+            out.append(
+                Headroom(name, False, f"needs {plan[0]} more workers, has room for {spare} ({workers} of {ceiling})")
+            )
+        else:
+            out.append(
+                Headroom(name, True, f"its autoscaler can add {plan[0]} workers ({workers} of {ceiling})", plan[1])
+            )
+    return out
+
+
+def gang_creations(gang: Gang, provisioners: Sequence[ProvisionerState]) -> list[Creation]:
+    """Every template of every provisioner: can a new cluster hold every bundle of ``gang``? Best first."""
+    out = []
+    for state in provisioners:
+        for template in state.templates:
+            plan = gang_workers(template, gang)
+            if isinstance(plan, str):
+                out.append(Creation(state.name, template.name, False, plan))
+            elif state.clusters >= state.max_clusters:
+                why = f"provisioner {state.name} is at its cap of {state.max_clusters} clusters"
+                out.append(Creation(state.name, template.name, False, why))
+            elif state.gpus + template.total_gpus() > state.max_gpus:
+                why = f"would pass provisioner {state.name}'s cap of {state.max_gpus} GPUs ({state.gpus} in use)"
+                out.append(Creation(state.name, template.name, False, why))
+            else:
+                price = sum(template.hourly_price(b) for b in gang.bundles)
+                why = f"{plan[0]} new workers can hold {gang.describe()}, {price:g}/h"
+                out.append(Creation(state.name, template.name, True, why, price, plan[0], plan[1]))
     return sorted(out, key=lambda c: (not c.fits, c.price, c.workers, c.provisioner, c.template))

@@ -581,3 +581,16 @@ def test_a_reflected_hold_dropped_by_the_caller_stops_counting():
     holds = [h for h in [hold] if not h.reflected_in(after)]
     assert cpu_free(after, holds) == [2]
     assert cpu_free(after, [hold]) == [0]  # counted twice if kept
+
+
+@pytest.mark.parametrize("policy", ["binpack", "spread"])
+def test_equal_clusters_take_jobs_that_ask_for_nothing_in_turn(policy):
+    clusters = [cluster("a"), cluster("b"), cluster("c")]
+    snapshots = {c.name: one_idle_cluster(c.name) for c in clusters}
+    holds: list[Hold] = []
+    chosen = []
+    for _ in range(6):
+        decision = place(req(policy), clusters, snapshots, holds)
+        chosen.append(decision.chosen.cluster)
+        holds.append(Hold.on(snapshots[decision.chosen.cluster], decision.chosen.node_id, {}, 0.0))
+    assert chosen == ["a", "b", "c", "a", "b", "c"]

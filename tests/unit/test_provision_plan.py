@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from rayfleet import Resources
+from rayfleet import Gang, Resources
 from rayfleet.capacity import ClusterSnapshot
-from rayfleet.placement.provision import ProvisionerState, creations, headroom
+from rayfleet.placement.provision import (
+    ProvisionerState,
+    creations,
+    gang_creations,
+    gang_headroom,
+    gang_workers,
+    headroom,
+)
 from rayfleet.provisioning.templates import ClusterTemplate, HeadSpec, WorkerGroup
 
 A100 = WorkerGroup(name="a100", cpu=8, gpu=1, accelerator="A100", memory="64GiB", min_replicas=0, max_replicas=2)
@@ -88,3 +95,44 @@ def test_a_head_that_offers_no_cpus_does_not_hold_cpu_jobs():
     no_head = ClusterTemplate(name="gpu-only", head=HeadSpec(ray_cpus=0), workers=[A100], mode="autoscaled")
     [option] = creations(Resources(cpu=1), [state(no_head)])
     assert option.fits and "a a100 worker" in option.reason
+
+
+# ----- gangs on clusters made or grown for them ---------------------------------------------------------------------
+
+GANG2 = Gang.of(2, Resources(cpu=4, gpu=1), strategy="STRICT_SPREAD")
+
+
+def test_a_gang_plans_one_new_worker_per_bundle_within_the_groups_maximum():
+    assert gang_workers(AUTO_A100, GANG2) == (2, "A100")
+    three = Gang.of(3, Resources(cpu=4, gpu=1), strategy="SPREAD")
+    assert "cannot add a worker for every bundle" in gang_workers(AUTO_A100, three)  # max 2 A100 workers
+    assert "STRICT_PACK" in gang_workers(AUTO_A100, Gang.of(2, Resources(gpu=1), strategy="STRICT_PACK"))
+    assert "no worker group" in gang_workers(STATIC_CPU, GANG2)
+
+
+def test_gpu_bundles_of_a_gang_get_workers_of_one_model():
+    mixed = ClusterTemplate(
+        name="mixed",
+        mode="autoscaled",
+        workers=[
+            WorkerGroup(name="a100", cpu=8, gpu=1, accelerator="A100", memory="64GiB", max_replicas=1),
+            WorkerGroup(name="h100", cpu=8, gpu=1, accelerator="H100", memory="64GiB", max_replicas=1),
+        ],
+    )
+    assert isinstance(gang_workers(mixed, GANG2), str)  # one of each model: not one model for both
+    assert gang_workers(mixed, Gang.of(1, Resources(gpu=1, accelerators={"H100"}))) == (1, "H100")
+
+
+def test_gang_headroom_needs_room_for_every_bundle_at_once():
+    [ok] = gang_headroom(GANG2, {"c1": AUTO_A100}, {"c1": snap("c1", 0)})
+    assert ok.fits and ok.accelerator == "A100" and "add 2 workers" in ok.reason
+    [short] = gang_headroom(GANG2, {"c1": AUTO_A100}, {"c1": snap("c1", 1)})
+    assert not short.fits and "needs 2 more workers, has room for 1" in short.reason
+
+
+def test_gang_creations_price_every_bundle_and_respect_the_caps():
+    options = gang_creations(GANG2, [state(AUTO_A100, CHEAP_A100, STATIC_CPU)])
+    assert [(o.template, o.fits, o.workers) for o in options][:2] == [("cheap-a100", True, 2), ("a100", True, 2)]
+    assert options[0].price == pytest.approx(4.0)
+    capped = gang_creations(GANG2, [state(AUTO_A100, clusters=3)])
+    assert not capped[0].fits and "cap of 3 clusters" in capped[0].reason
