@@ -57,3 +57,35 @@ def test_a_gpu_job_gets_an_autoscaling_cluster_that_scales_from_zero_and_is_dele
         assert [c.state for c in ledger.managed(live_only=False)] == ["DELETED"]
         assert not (tmp_path / "clusters" / "local-e2e" / "local" / name).exists()
         assert "second" in second.logs()  # saved before the cluster went
+
+
+def test_a_gang_gets_a_new_cluster_whose_autoscaler_adds_a_worker_per_bundle(tmp_path: Path) -> None:
+    config = FleetConfig.build(
+        name="local-gang",
+        provisioners=[
+            {
+                "kind": "local",
+                "directory": str(tmp_path / "clusters"),
+                "max_clusters": 1,
+                "templates": [
+                    {
+                        "name": "pair",
+                        "mode": "autoscaled",
+                        "head": {"cpu": 1, "memory": "1GiB"},
+                        "workers": [{"name": "a100", "cpu": 1, "gpu": 1, "accelerator": "A100", "max_replicas": 2}],
+                        "idle_timeout_s": 5,
+                        "idle_ttl_s": 1,
+                        "scale_up_s": 60,
+                    }
+                ],
+            }
+        ],
+    )
+    ledger = Ledger(tmp_path / "ledger.db")
+    with Fleet(config=config, ledger=ledger) as fleet:
+        show = "python -c \"import rayfleet_launcher as g; print('bundles', len(g.current().bundles))\""
+        job = fleet.submit(show, gang={"bundles": [{"gpu": 1}, {"gpu": 1}], "strategy": "STRICT_SPREAD"})
+        assert "new cluster from template pair" in (ledger.history(job.submission_id)[0][2] or "")
+        assert job.wait(timeout=240) is JobState.SUCCEEDED, job.logs()
+        assert "bundles 2" in job.logs() and len(job.attempts) == 1  # reserved within start timeout + scale_up_s
+        assert poll(lambda: fleet.tick(), timeout=90) == [job.cluster]
