@@ -352,6 +352,9 @@ class FleetConfig(BaseModel):
         unknown_after_s: a job's cluster that has not answered for this long makes the job UNKNOWN.
         max_in_flight: the most submissions this process sends to one cluster at the same time (protects heads).
         fair_share: order queued jobs of the same priority by how many active jobs their owner has.
+        placed_grace_s: an attempt recorded PLACED that its cluster still does not have after this long was never
+            submitted (the process placing it died first); it is then marked FAILED and the job placed again. Keep
+            it above the submit retries' bound (10 s).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -369,6 +372,7 @@ class FleetConfig(BaseModel):
     unknown_after_s: float = Field(default=30.0, ge=0)
     max_in_flight: int = Field(default=4, ge=1)
     fair_share: bool = False
+    placed_grace_s: float = Field(default=120.0, gt=10.0)
 
     @field_validator("name")
     @classmethod

@@ -59,9 +59,6 @@ HOLD_REFLECT_S = 3.0
 # that count on a worker being added (autoscaler headroom, a new cluster) add the template's scale_up_s.
 DEFAULT_START_TIMEOUT_S = 3.0
 DEFAULT_RESERVATION_TIMEOUT_S = DEFAULT_START_TIMEOUT_S  # the name it had before queued and plain jobs used it
-# An attempt recorded PLACED that its cluster does not have after this long was never submitted: the process placing
-# it stopped first (its submit retries end well before this).
-PLACED_GRACE_S = 120.0
 # A managed cluster still CREATING this long after its template's ready timeout was left by a creator that crashed.
 CREATING_MARGIN_S = 60.0
 
@@ -873,7 +870,7 @@ class Dispatcher:
         try:
             info = self._backends[cluster].info(sid)
         except JobNotFoundError:
-            if attempt.state is JobState.PLACED and time.time() - attempt.created_at < PLACED_GRACE_S:
+            if attempt.state is JobState.PLACED and time.time() - attempt.created_at < self.config.placed_grace_s:
                 return job  # the process that placed it may still be submitting
             if attempt.state is JobState.PLACED:
                 moved = self.ledger.record(sid, JobState.FAILED, "never submitted: the process placing it stopped")
