@@ -570,7 +570,7 @@ class Dispatcher:
         placed = []
         waiting = list(queued)
         while waiting:
-            job = min(waiting, key=lambda j: (-j.priority, active.get(j.owner, 0), j.created_at))
+            job = next_in_queue(waiting, active)
             waiting.remove(job)
             deadline = job.request.get("queue_deadline")
             if deadline is not None and now >= deadline:
@@ -1040,6 +1040,12 @@ class Dispatcher:
                 "versions, but runtime_env features may differ. Align the versions to be safe.",
                 stacklevel=2,
             )
+
+
+def next_in_queue(waiting: Sequence[JobRecord], active: Mapping[str, int]) -> JobRecord:
+    """The queued job to place next: the highest priority; then the owner with the fewest active jobs (``active``:
+    owner -> count, empty when fair share is off); then the oldest."""
+    return min(waiting, key=lambda j: (-j.priority, active.get(j.owner, 0), j.created_at))
 
 
 def _check_runtime_env(runtime_env: Any) -> None:
