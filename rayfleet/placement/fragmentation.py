@@ -108,26 +108,31 @@ class RequestMix:
             raise ValueError("a request mix needs at least one shape and one weight per shape")
 
     @classmethod
-    def of(cls, weighted: Mapping[Shape, float]) -> RequestMix:
-        """A mix from shapes and (unnormalised) weights."""
+    def of(cls, weighted: Mapping[Shape, float], *, memory: bool = False) -> RequestMix:
+        """A mix from shapes and (unnormalised) weights; their memory is dropped unless ``memory``."""
         total = float(sum(weighted.values()))
         if total <= 0:
             raise ValueError("a request mix needs a positive total weight")
         merged: Counter[Shape] = Counter()
         for shape, w in weighted.items():
-            merged[shape.without_memory()] += w
+            merged[shape if memory else shape.without_memory()] += w
         return cls(tuple(merged), tuple(w / total for w in merged.values()))
 
     @classmethod
-    def typical(cls, requests: Iterable[Shape | Resources], coverage: float = COVERAGE) -> RequestMix:
+    def typical(
+        cls, requests: Iterable[Shape | Resources], coverage: float = COVERAGE, *, memory: bool = False
+    ) -> RequestMix:
         """The paper's typical pods: the most frequent shapes, in order, until they cover ``coverage`` of requests.
 
-        Ties in frequency are broken by the shape (smaller first) so equal inputs give equal mixes.
+        Ties in frequency are broken by the shape (smaller first) so equal inputs give equal mixes. The paper's
+        shapes have no memory; with ``memory`` they keep it, and a node short of memory for a shape counts its idle
+        GPUs as fragment for that shape.
 
         Raises:
             ValueError: ``requests`` is empty.
         """
-        counts = Counter(r.without_memory() if isinstance(r, Shape) else Shape.of(r).without_memory() for r in requests)
+        shapes = (r if isinstance(r, Shape) else Shape.of(r) for r in requests)
+        counts = Counter(s if memory else s.without_memory() for s in shapes)
         if not counts:
             raise ValueError("no requests to learn a mix from")
         total = sum(counts.values())
@@ -139,11 +144,11 @@ class RequestMix:
                 break
             kept[shape] = count
             covered += count
-        return cls.of(kept)
+        return cls.of(kept, memory=memory)
 
 
-def _shape_key(shape: Shape) -> tuple[int, int, int, tuple[str, ...]]:
-    return (shape.cpu_milli, shape.gpu_milli, shape.gpus, tuple(sorted(shape.accelerators)))
+def _shape_key(shape: Shape) -> tuple[int, int, int, int, tuple[str, ...]]:
+    return (shape.cpu_milli, shape.gpu_milli, shape.gpus, shape.memory, tuple(sorted(shape.accelerators)))
 
 
 @dataclass
@@ -293,6 +298,8 @@ class Fragmentation:
         self._k = np.array([k[s.gpu_milli] for s, _ in gpu], dtype=np.int64)
         self._need = np.array([s.gpus for s, _ in gpu], dtype=np.int64)
         self._cpu = np.array([s.cpu_milli for s, _ in gpu], dtype=np.int64)
+        self._mem = np.array([s.memory for s, _ in gpu], dtype=np.int64)
+        self._uses_memory = bool(self._mem.any())
         self._w = np.array([w for _, w in gpu], dtype=float)
         # access[m, s]: a node of model m may hold shape s; the last row is for nodes without a model
         access = np.ones((len(self.models) + 1, len(gpu)), dtype=bool)
@@ -312,31 +319,39 @@ class Fragmentation:
         return count, below, gpus.sum(axis=1)
 
     def value(
-        self, count: np.ndarray, below: np.ndarray, idle: np.ndarray, cpu: np.ndarray, model: np.ndarray
+        self,
+        count: np.ndarray,
+        below: np.ndarray,
+        idle: np.ndarray,
+        cpu: np.ndarray,
+        model: np.ndarray,
+        memory: np.ndarray | None = None,
     ) -> np.ndarray:
         """Fragmentation (milli-GPU) from the statistics: idle GPU that the mix's shapes cannot use."""
         fit = self._access[model] & (count[:, self._k] >= self._need) & (cpu[:, None] >= self._cpu)
+        if self._uses_memory and memory is not None:
+            fit &= memory[:, None] >= self._mem
         usable = (idle[:, None] - below[:, self._k]) * fit
         return idle * self._total_weight - usable @ self._w
 
     def of(self, state: NodeState) -> np.ndarray:
         """The fragmentation of every node of ``state``."""
         count, below, idle = self.stats(state.gpus)
-        return self.value(count, below, idle, state.cpu, state.model)
+        return self.value(count, below, idle, state.cpu, state.model, state.memory)
 
     def prepare(self, state: NodeState) -> None:
         """Build the per-node cache for ``state``."""
         count, below, idle = self.stats(state.gpus)
         self.cache = {"count": count, "below": below, "idle": idle}
-        self.cache["frag"] = self.value(count, below, idle, state.cpu, state.model)
+        self.cache["frag"] = self.value(count, below, idle, state.cpu, state.model, state.memory)
 
     def refresh(self, state: NodeState, node: int) -> None:
         """Update the cache after ``node`` of ``state`` changed."""
-        count, below, idle = self.stats(state.gpus[node : node + 1])
+        one = slice(node, node + 1)
+        count, below, idle = self.stats(state.gpus[one])
         self.cache["count"][node], self.cache["below"][node], self.cache["idle"][node] = count[0], below[0], idle[0]
-        self.cache["frag"][node] = self.value(
-            count, below, idle, state.cpu[node : node + 1], state.model[node : node + 1]
-        )[0]
+        frag = self.value(count, below, idle, state.cpu[one], state.model[one], state.memory[one])
+        self.cache["frag"][node] = frag[0]
 
     # ----- candidates -----------------------------------------------------------------------------------------------
 
@@ -349,7 +364,7 @@ class Fragmentation:
             count, below, idle, frag = (self.cache[k][rows] for k in ("count", "below", "idle", "frag"))
         else:
             count, below, idle = self.stats(state.gpus[rows])
-            frag = self.value(count, below, idle, state.cpu[rows], state.model[rows])
+            frag = self.value(count, below, idle, state.cpu[rows], state.model[rows], state.memory[rows])
         if shape.sharing:
             g = state.gpus[rows]
             distinct = np.ones_like(g, dtype=bool)
@@ -369,7 +384,9 @@ class Fragmentation:
         below_after = below[pick] - times * np.where(b < t, b, 0) + times * np.where(a < t, a, 0)
         idle_after = idle[pick] - times * (before - after)
         cpu_after = state.cpu[rows][pick] - shape.cpu_milli
-        grown = self.value(count_after, below_after, idle_after, cpu_after, state.model[rows][pick]) - frag[pick]
+        memory_after = state.memory[rows][pick] - shape.memory
+        model = state.model[rows][pick]
+        grown = self.value(count_after, below_after, idle_after, cpu_after, model, memory_after) - frag[pick]
         return Candidates(rows[pick], before, grown)
 
     def best(self, state: NodeState, shape: Shape, rows: np.ndarray) -> Choice | None:

@@ -232,3 +232,12 @@ def test_the_mix_learned_from_recent_requests_is_the_typical_one():
     mix = mix_from_requests([Resources(cpu=1, gpu=0.5)] * 19 + [Resources(cpu=2)] + [Resources()])
     assert mix is not None
     assert mix.shapes == (Shape(1000, 500, 1),)  # 95% coverage keeps the 19 of 20; the empty request is ignored
+
+
+def test_with_memory_in_the_mix_a_node_short_of_memory_strands_its_gpus():
+    shape = Shape(1000, 1000, 1, memory=32 * 2**30)
+    state = NodeState.empty([8000, 8000], [64 * 2**30, 16 * 2**30], [2, 2], ["T4", "T4"])
+    np.testing.assert_allclose(Fragmentation(RequestMix.of({shape: 1}), state.models).of(state), [0, 0])
+    with_memory = Fragmentation(RequestMix.of({shape: 1}, memory=True), state.models)
+    np.testing.assert_allclose(with_memory.of(state), [0, 2000])
+    assert RequestMix.typical([shape, shape], memory=True).shapes == (shape,)
