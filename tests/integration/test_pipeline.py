@@ -20,8 +20,8 @@ import rag_pipeline  # noqa: E402
 
 @pytest.mark.timeout(900)
 def test_the_rag_pipeline_runs_end_to_end_and_its_gpu_cluster_scales_from_zero_to_k_and_back(tmp_path: Path) -> None:
-    pytest.importorskip("lancedb", reason="the rag extra is not installed: pip install -e '.[rag]'")
-    lancedb = pytest.importorskip("lancedb")
+    import lancedb  # the rag extra (scripts/setup.sh installs it): a missing one fails here, it is not skipped
+
     config = rag_pipeline.fleet_config("pipeline-e2e", str(tmp_path / "clusters"), gpu_workers=2)
     pipeline = rag_pipeline.build(str(tmp_path / "artifacts"), subset="tiny", gpu_workers=2)
     with Fleet(config=config, ledger=Ledger(tmp_path / "ledger.db")) as fleet:
@@ -70,8 +70,7 @@ def test_a_failing_stage_stops_its_dependents_and_the_summary_says_where_and_why
     fail = "python -c \"import sys; print('bad shard 7'); sys.exit(3)\""
     pipeline = Pipeline(
         [
-            Stage("prepare", say.format("prepared"), {"cpu": 0.25}),
-            Stage("train", fail, {"cpu": 0.25}, depends_on=["prepare"]),
+            Stage("train", fail, {"cpu": 0.25}),
             Stage("report", say.format("report"), {"cpu": 0.25}, depends_on=["train"]),
             Stage("publish", say.format("publish"), {"cpu": 0.25}, depends_on=["report"]),
             Stage("side", say.format("independent"), {"cpu": 0.25}),
@@ -81,7 +80,6 @@ def test_a_failing_stage_stops_its_dependents_and_the_summary_says_where_and_why
     result = pipeline.run(fleet, show=False, poll_s=0.3, timeout_s=240)
     states = {name: run.state for name, run in result.runs.items()}
     assert states == {
-        "prepare": StageState.SUCCEEDED,
         "train": StageState.FAILED,
         "report": StageState.STOPPED,
         "publish": StageState.STOPPED,

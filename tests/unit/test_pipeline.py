@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rayfleet import InvalidPipelineError, InvalidRequestError, InvalidResourcesError, Pipeline, Stage, StageState
+from rayfleet.capacity import ClusterSnapshot
 from rayfleet.errors import StageFailedError
 from rayfleet.pipeline import (
     PipelineResult,
@@ -14,6 +15,7 @@ from rayfleet.pipeline import (
     next_moves,
     open_uri,
     topological_order,
+    worker_counts,
 )
 from rayfleet.provisioning.templates import ClusterTemplate
 
@@ -167,3 +169,14 @@ def test_a_local_artifact_uri_opens_as_a_local_filesystem(tmp_path) -> None:
     assert (tmp_path / "out" / "m.json").read_bytes() == b"{}"
     fs2, path2 = open_uri(str(tmp_path / "out"))
     assert fs2.exists(f"{path2}/m.json")
+
+
+def test_workers_are_the_nodes_other_than_the_head_and_gpu_workers_those_with_gpus() -> None:
+    head = ("h", {"CPU": 1.0}, {})
+    gpu = [(f"g{i}", {"CPU": 1.0, "GPU": 1.0}, {}) for i in range(2)]
+    cpu = ("c", {"CPU": 2.0}, {})
+    assert worker_counts(ClusterSnapshot.from_nodes("x", [head])) == (0, 0)
+    assert worker_counts(ClusterSnapshot.from_nodes("x", [head, *gpu])) == (2, 2)
+    assert worker_counts(ClusterSnapshot.from_nodes("x", [head, cpu])) == (1, 0)
+    assert worker_counts(ClusterSnapshot.from_nodes("x", [gpu[0]])) == (0, 0)  # a GPU head is no worker
+    assert worker_counts(ClusterSnapshot.unreachable("x", "down")) == (0, 0)
