@@ -14,6 +14,9 @@ Policies (all score with rayfleet's own code in `rayfleet.placement`):
 with a fresh random pick per decision instead, FGD leaves 10.3% unallocated on the default trace, not 4.7%.
 - ``binpack``: rayfleet's existing default node score (`policies.binpack`) over the aggregate arrays a snapshot
   has; GPU by best fit. For reference.
+- ``live``: ``policy="fragmentation"`` exactly as the dispatcher runs it: `policies.NODE_SCORES["fragmentation"]`
+  over the aggregate arrays (per-node free GPU only, so it assumes packed fractions), then Ray assigns the GPU
+  (modelled as best fit).
 
 Multi-cluster (``cluster_of`` given): the dispatcher scores each cluster by its best node, as `place` does, and takes
 the best cluster (ties by name). ``node_choice="dispatcher"`` then pins the node it scored (Ray's ``node:<ip>``
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rayfleet.placement.fragmentation import (
+    LIVE_MIX,
     MILLI,
     Fragmentation,
     NodeState,
@@ -38,10 +42,10 @@ from rayfleet.placement.fragmentation import (
     leftover,
     rank,
 )
-from rayfleet.placement.policies import binpack
+from rayfleet.placement.policies import NODE_SCORES, binpack
 from rayfleet.resources import Resources
 
-POLICIES = ("random", "bestfit", "fgd", "fragmentation", "binpack")
+POLICIES = ("random", "bestfit", "fgd", "fragmentation", "binpack", "live")
 RAY_SPREAD_THRESHOLD = 0.5  # Ray's hybrid policy packs nodes below 50% utilisation, then spreads
 RAY_TOP_K_FRACTION = 0.2  # and picks at random among the best 20% of nodes
 _KEYS = ("CPU", "GPU", "memory")
@@ -97,29 +101,43 @@ class Replayer:
         self.total_mem = state.memory.astype(float).copy()
         self.total_gpu = (state.gpus > 0).sum(axis=1).astype(float)
         self._totals = np.column_stack([self.total_cpu / MILLI, self.total_gpu, self.total_mem])
+        # what a snapshot has: CPU, GPU, memory, and accelerator_type:<model> = 1 on the nodes of each model
+        self._live_keys = (*_KEYS, *(f"accelerator_type:{m}" for m in state.models))
+        models = np.zeros((state.size, len(state.models)))
+        has = state.model >= 0
+        models[np.flatnonzero(has), state.model[has]] = 1.0
+        self._live_total = np.column_stack([self._totals, models])
+        self._live_models = models
+        if policy == "live":
+            LIVE_MIX.use(mix)  # this process's dispatcher, configured with the trace's typical mix
         self._resources = {
             s: Resources(cpu=s.cpu_milli / MILLI, gpu=s.total_gpu_milli / MILLI, memory=s.memory) for s in shapes
         }
 
     # ----- scoring: keys for np.lexsort (last key primary), per fitting node, and the GPU each would take ----------
 
-    def _score(self, shape: Shape, rows: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    def _score(self, shape: Shape, rows: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None]:
+        """Candidate nodes, their sort keys, and the GPU each takes (``None``: chosen on the node afterwards)."""
         state = self.state
         if self.policy == "random":
-            gpu = np.array([self._random_gpu(int(r), shape) for r in rows]) if shape.sharing else _gpu(shape, rows)
-            return rows, [self.rng.random(len(rows))], gpu
+            return rows, [self.rng.random(len(rows))], None
         if self.policy == "bestfit":
             score = np.floor((1.0 - leftover(state, rows, shape)) * 100 + 1e-9)
-            gpu = np.array([best_fit_gpu(state, int(r), shape) for r in rows]) if shape.sharing else _gpu(shape, rows)
-            return rows, [self.tie_order[rows], -score], gpu
-        if self.policy == "binpack":
+            return rows, [self.tie_order[rows], -score], None
+        if self.policy in ("binpack", "live"):
             free = np.column_stack(
                 [state.cpu[rows] / MILLI, state.gpus[rows].sum(axis=1) / MILLI, state.memory[rows].astype(float)]
             )
             vec = np.array([shape.cpu_milli / MILLI, shape.total_gpu_milli / MILLI, float(shape.memory)])
-            score = binpack(free, self._totals[rows], vec, _KEYS, self._resources[shape])
-            gpu = np.array([best_fit_gpu(state, int(r), shape) for r in rows]) if shape.sharing else _gpu(shape, rows)
-            return rows, [rows, score], gpu
+            if self.policy == "binpack":
+                score = binpack(free, self._totals[rows], vec, _KEYS, self._resources[shape])
+            else:
+                free = np.column_stack([free, self._live_models[rows]])
+                vec = np.concatenate([vec, np.zeros(len(self.state.models))])
+                score = NODE_SCORES["fragmentation"](
+                    free, self._live_total[rows], vec, self._live_keys, self._resources[shape]
+                )
+            return rows, [rows, score], None
         assert self.frag is not None
         c = self.frag.candidates(state, shape, rows)
         if self.policy == "fgd":
@@ -138,10 +156,15 @@ class Replayer:
         pick = order[first]
         return c.node[pick], [c.node[pick], score[pick]], c.gpu_value[pick]
 
-    def _random_gpu(self, node: int, shape: Shape) -> int:
-        row = self.state.gpus[node]
-        options = row[row >= shape.gpu_milli]
-        return int(options[self.rng.integers(len(options))])
+    def _gpu_on(self, node: int, shape: Shape, gpu: np.ndarray | None, i: int) -> int:
+        """The free value of the GPU the pod takes on ``node``: the policy's, else random or best fit."""
+        if gpu is not None:
+            return int(gpu[i])
+        if self.policy == "random" and shape.sharing:
+            row = self.state.gpus[node]
+            options = row[row >= shape.gpu_milli]
+            return int(options[self.rng.integers(len(options))])
+        return best_fit_gpu(self.state, node, shape)
 
     # ----- choosing --------------------------------------------------------------------------------------------------
 
@@ -154,7 +177,7 @@ class Replayer:
         order = np.lexsort(keys)
         if self.cluster_of is None:
             i = int(order[0])
-            return int(nodes[i]), int(gpu[i])
+            return int(nodes[i]), self._gpu_on(int(nodes[i]), shape, gpu, i)
         # the dispatcher: best node of each cluster, clusters ranked by that node's score (primary key), then name
         clusters = self.cluster_of[nodes[order]]
         _, first = np.unique(clusters, return_index=True)  # first = best position of each cluster in the order
@@ -162,7 +185,7 @@ class Replayer:
         primary = keys[-1][best]
         winner = int(best[np.lexsort((self.cluster_of[nodes[best]], primary))[0]])
         if self.node_choice == "dispatcher":
-            return int(nodes[winner]), int(gpu[winner])
+            return int(nodes[winner]), self._gpu_on(int(nodes[winner]), shape, gpu, winner)
         cluster = self.cluster_of[nodes[winner]]
         inside = np.flatnonzero(self.cluster_of[nodes] == cluster)
         i = int(inside[self._ray_pick(nodes[inside], cluster)])
@@ -210,7 +233,3 @@ class Replayer:
                 outcome.placed += 1
             allocated[step] = placed_milli
         return outcome
-
-
-def _gpu(shape: Shape, rows: np.ndarray) -> np.ndarray:
-    return np.full(len(rows), MILLI if shape.gpus else 0, dtype=np.int64)

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections import Counter
@@ -487,11 +488,16 @@ def live_growth(
     if any(k.startswith(ACCELERATOR_PREFIX) and v > 0 for k, v in zip(keys, vec, strict=True)):
         # place() already chose one model for this vector and kept only its rows: measure without the constraint
         shape = Shape(shape.cpu_milli, shape.gpu_milli, shape.gpus, shape.memory, frozenset())
-    mix = LIVE_MIX.get() or RequestMix.of({shape: 1.0})
-    frag = Fragmentation(mix, state.models)
+    frag = _measure(LIVE_MIX.get() or RequestMix.of({shape: 1.0}), state.models)
     c = frag.candidates(state, shape, np.arange(state.size))
     # a row place() found fitting with no candidate (the packing assumption was wrong): rank it after all others
     out = np.full(state.size, 101.0)
     if len(c.node):
         np.minimum.at(out, c.node, rank(c.growth, leftover(state, c.node, shape)))
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _measure(mix: RequestMix, models: tuple[str, ...]) -> Fragmentation:
+    """A measure per mix and cluster models, built once: the dispatcher scores many requests against the same mix."""
+    return Fragmentation(mix, models)

@@ -60,7 +60,7 @@ def test_a_gpu_spec_row_becomes_an_accelerator_constraint():
     assert parse_pod(row).accelerators == frozenset()
 
 
-@pytest.mark.parametrize("policy", ["random", "bestfit", "fgd", "fragmentation", "binpack"])
+@pytest.mark.parametrize("policy", ["random", "bestfit", "fgd", "fragmentation", "binpack", "live"])
 def test_every_policy_keeps_gpu_spec_pods_on_their_models_and_drops_what_fits_nowhere(tmp_path, policy):
     rows = [f"s{i},1000,1024,1,600,V100M16|V100M32,LS,Running,0,1,0" for i in range(5)]
     rows += [f"t{i},1000,1024,1,1000,,LS,Running,0,1,0" for i in range(3)]
