@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -211,3 +213,56 @@ def test_a_cluster_that_never_comes_back_leaves_its_jobs_unknown_or_run_elsewher
         _stop_all(fleet, ids)
         fleet.close()
         on_c.close()
+
+
+class _Hung:
+    """A loopback listener that accepts connections and never answers: a head that hangs (or a partition that
+    drops replies), the case where a probe costs its whole timeout. Counts the connections it was sent."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.held.append(self.server.accept()[0])
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_a_hung_cluster_costs_placement_one_probe_timeout_then_its_unhealthy_reading_decides(
+    stable_clusters: list[Cluster], tmp_path: Path
+) -> None:
+    hung = _Hung()
+    fleet = Fleet(
+        [*stable_clusters, Cluster(name="hung", address=hung.address)],
+        ledger=tmp_path / "ledger.db",
+        probe_timeout_s=1.0,
+    )
+    try:
+        t0 = time.monotonic()
+        first = fleet.explain({"cpu": 0.5})
+        took = time.monotonic() - t0
+        assert first.chosen is not None and first.chosen.cluster in ("a", "b")
+        assert first.rejects["hung"].startswith("unhealthy"), first.rejects
+        assert took < 1.0 + 0.5 + 2.0, took  # bounded by the probe timeout (plus slack for a loaded machine)
+        sent = len(hung.held)
+        assert sent >= 1
+        later = []
+        for _ in range(20):  # within its backoff: the cached unhealthy reading decides, nothing is sent to it
+            t0 = time.monotonic()
+            decision = fleet.explain({"cpu": 0.5})
+            later.append(time.monotonic() - t0)
+            assert decision.rejects["hung"].startswith("unhealthy")
+        assert sum(later) < 0.9, later  # all within the first backoff (1 s): cached readings, no waiting
+        assert len(hung.held) == sent, (sent, len(hung.held))
+        print(f"\nhung cluster: first explain {took:.3f} s, then max {max(later):.4f} s")
+    finally:
+        fleet.close()
+        hung.close()
