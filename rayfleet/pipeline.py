@@ -471,6 +471,7 @@ class Pipeline:
         timeout_s: float | None = None,
         watch_scale_down_s: float = 0.0,
         on_change: Callable[[PipelineResult], None] | None = None,
+        logs: bool = True,
     ) -> PipelineResult:
         """Run the stages through ``fleet``, each once its dependencies succeeded; return when all have ended.
 
@@ -486,11 +487,12 @@ class Pipeline:
             watch_scale_down_s: after the stages end, keep following the autoscaled clusters used, up to this long,
                 until they are back to their minimum of workers (so the scale-down shows in the timeline).
             on_change: called with the result so far whenever a stage's state changes.
+            logs: with ``show``, print the running stages' own output lines as they come, prefixed by the stage.
 
         Returns:
             The `PipelineResult`; call ``raise_for_failure()`` on it to turn a failure into `StageFailedError`.
         """
-        progress = _Progress(self, fleet, console, show)
+        progress = _Progress(self, fleet, console, show, logs)
         result = PipelineResult(self.name, {}, self.artifacts, started_at=time.time())
         for name in self.order:
             stage = self.by_name[name]
@@ -626,6 +628,10 @@ class Pipeline:
 
 # ----- progress ---------------------------------------------------------------------------------------------------
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RAY_LINE = re.compile(  # Ray's own lines in a job's log (the stage's output is the rest)
+    r"^(\d{4}-\d\d-\d\d[ T][\d:,.]+\s+(INFO|WARNING|DEBUG)|\((autoscaler|raylet)|Running entrypoint)"
+)
 _STYLE = {
     StageState.WAITING: "dim",
     StageState.PLACING: "yellow",
@@ -654,7 +660,9 @@ def worker_counts(snapshot: ClusterSnapshot) -> tuple[int, int]:
 class _Progress:
     """The live view of a run: a table of stages (state, cluster, workers, time) and a line for every change."""
 
-    def __init__(self, pipeline: Pipeline, fleet: Fleet, console: Console | None, show: bool) -> None:
+    def __init__(
+        self, pipeline: Pipeline, fleet: Fleet, console: Console | None, show: bool, logs: bool = True
+    ) -> None:
         from rich.console import Console
 
         self.pipeline = pipeline
@@ -666,6 +674,8 @@ class _Progress:
         self.launching: dict[str, int] = {}
         self.states: dict[str, StageState] = {}
         self.t0 = time.time()
+        self.logs = logs
+        self.printed: dict[str, int] = {}  # stage -> characters of its output printed so far
 
     def start(self, result: PipelineResult) -> None:
         self.t0 = result.started_at
@@ -718,8 +728,26 @@ class _Progress:
                     why = f": {_first_line(run.reason)}" if run.reason and run.state.is_terminal() else ""
                     style = _STYLE[run.state]
                     self._line(f"stage [bold]{name}[/] ({run.stage.mode}) [{style}]{run.state.value}[/]{where}{why}")
+                if self.logs and run.handle is not None and run.state in (StageState.RUNNING, StageState.SUCCEEDED):
+                    self._output(name, run)
         if self.live is not None:
             self.live.update(self.table(result))
+
+    def _output(self, name: str, run: StageRun) -> None:
+        """Print the stage's new output lines (its own, not Ray's INFO/WARNING lines), prefixed by its name."""
+        if run.handle is None or (run.state.is_terminal() and self.printed.get(name, -1) < 0):
+            return  # ended before we saw it running: its summary says enough
+        try:
+            text = run.handle.logs()
+        except RayfleetError:
+            return
+        done = self.printed.get(name, 0)
+        complete = text[: text.rfind("\n") + 1]  # whole lines only
+        for line in complete[done:].splitlines():
+            line = _ANSI.sub("", line).rstrip()
+            if line and not _RAY_LINE.match(line):
+                self._line(f"[dim]{name} |[/] {line}", markup_line=False)
+        self.printed[name] = max(done, len(complete))
 
     def watch_scale_down(self, result: PipelineResult, seconds: float, poll_s: float) -> None:
         """Until every autoscaled cluster used is back to its template's minimum of workers (or ``seconds`` pass)."""
@@ -739,12 +767,17 @@ class _Progress:
                 return
             time.sleep(poll_s)
 
-    def _line(self, text: str) -> None:
+    def _line(self, text: str, markup_line: bool = True) -> None:
+        from rich.text import Text
+
         stamp = f"[dim]{time.time() - self.t0:6.1f}s[/] "
-        if self.live is not None:
-            self.live.console.print(stamp + text, highlight=False)
+        if not markup_line:  # a stage's own output: print it as it is, after the markup of the prefix
+            prefix, _, raw = text.partition("[/] ")
+            out: Any = Text.from_markup(stamp + prefix + "[/] ") + Text(raw)
         else:
-            self.console.print(stamp + text, highlight=False)
+            out = stamp + text
+        console = self.live.console if self.live is not None else self.console
+        console.print(out, highlight=False)
 
     def table(self, result: PipelineResult) -> Any:
         from rich.table import Table

@@ -135,12 +135,18 @@ def report(result: rayfleet.PipelineResult, samples: int, seconds: float) -> Non
         f"end to end: {seconds:.0f} s",
         highlight=False,
     )
-    console.rule("[bold]sample answers")
+    console.rule("[bold]sample answers (some that cite the right section, some that do not)")
     answers = out["answers"]
-    step = max(1, len(answers) // max(1, samples))
-    for answer in answers[::step][:samples]:
-        right = answer["cited_section"] == answer["section_id"]
-        mark = "[green]cites the right section[/]" if right else f"[red]cites {answer['cited_section']}[/]"
+    right = [a for a in answers if a["cited_section"] == a["section_id"]]
+    wrong = [a for a in answers if a["cited_section"] != a["section_id"]]
+
+    def spread(items: list, n: int) -> list:
+        return items[:: max(1, len(items) // max(1, n))][:n]
+
+    shown = spread(right, samples - samples // 2) + spread(wrong, samples // 2)
+    for answer in shown:
+        ok = answer["cited_section"] == answer["section_id"]
+        mark = "[green]cites the right section[/]" if ok else f"[red]cites {answer['cited_section']}[/]"
         console.print(f"[bold]Q:[/] {answer['question']}", highlight=False)
         console.print(f"[bold]A:[/] {textwrap.shorten(answer['answer'], 300)}", highlight=False)
         console.print(f"   {mark} (answer in {answer['section_id']})\n", highlight=False)
