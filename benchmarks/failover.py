@@ -3,7 +3,7 @@ runs elsewhere.
 
 Two local multi-node clusters: "fat" (one node, 2 GPUs) and "spread" (two nodes, 1 GPU each). The fleet keeps one
 capacity reading on purpose (probe_ttl_s=3600), then another user takes fat's GPUs, so binpack sends the job to fat.
-Two kinds of job: a 2x1-GPU PACK gang, and a plain job asking for 1 GPU. Its launcher cannot reserve, exits 75 after
+Two kinds of job: a 2x1-GPU PACK gang, and a plain job asking for 1 GPU (policy spread, so it goes to fat too). Its launcher cannot reserve, exits 75 after
 the start timeout (the fleet's default, 3 s, unless --start-timeout), and the dispatcher places the job again on
 "spread". Measured from submit: the failed attempt recorded, the new attempt RUNNING, the job SUCCEEDED.
 
@@ -50,7 +50,8 @@ def one_run(local: LocalFleet, workdir: Path, n: int, kind: str, timeout_s: floa
             if kind == "gang":
                 handle = fleet.submit("python -c 'print(1)'", gang=gang, start_timeout_s=timeout_s)
             else:
-                handle = fleet.submit("python -c 'print(1)'", {"gpu": 1}, start_timeout_s=timeout_s)
+                # worst fit sends a 1-GPU job to fat's 2-GPU node (binpack would prefer a 1-GPU node of spread)
+                handle = fleet.submit("python -c 'print(1)'", {"gpu": 1}, policy="spread", start_timeout_s=timeout_s)
             assert handle.cluster == "fat", handle.attempts
             marks: dict[str, float] = {}
             while "succeeded" not in marks and time.monotonic() - started < 180:
