@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import re
 import sys
 import tempfile
@@ -518,7 +519,9 @@ class Pipeline:
                 self._stop_all(result, placing, "interrupted")
                 progress.update(result, True)
                 progress.stop(result)
+                self._withdraw(placing)
                 raise
+            self._withdraw(placing)
             result.ended_at = time.time()
             if watch_scale_down_s > 0:
                 progress.watch_scale_down(result, watch_scale_down_s, poll_s)
@@ -605,6 +608,15 @@ class Pipeline:
             run.cluster = run.handle.cluster
             run.state = state
         return changed
+
+    @staticmethod
+    def _withdraw(placing: Mapping[str, concurrent.futures.Future[JobHandle]]) -> None:
+        """Stop the jobs of stages that were stopped while the fleet was still placing them (once it returns)."""
+        for future in placing.values():
+            if future.cancel():
+                continue
+            with contextlib.suppress(Exception):  # not placed, or cannot be stopped: nothing more to do
+                future.result().stop()
 
     def _stop_all(
         self, result: PipelineResult, placing: Mapping[str, concurrent.futures.Future[JobHandle]], why: str

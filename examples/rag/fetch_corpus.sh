@@ -7,7 +7,7 @@ mkdir -p "$dir"
 cd "$dir"
 if [ -f VERSION ] && [ -d python3.11-doc ]; then cat VERSION; exit 0; fi
 if ! ls python3.11-doc_*_all.deb >/dev/null 2>&1; then
-  apt-get download python3.11-doc 2>/dev/null || { apt-get update -qq && apt-get download python3.11-doc; }
+  { apt-get download python3.11-doc 2>/dev/null || { apt-get update -qq && apt-get download python3.11-doc; }; } >&2
 fi
 deb=$(ls python3.11-doc_*_all.deb | head -1)
 rm -rf unpacked && dpkg-deb -x "$deb" unpacked
