@@ -62,6 +62,13 @@ def _holder(template: ClusterTemplate, request: Resources) -> tuple[str | None, 
     return None
 
 
+def _workers(template: ClusterTemplate, snap: ClusterSnapshot) -> tuple[int, int]:
+    """(workers the cluster has or is launching, the template's maximum)."""
+    launching = sum(int(n) for n in (snap.autoscaler.get("pending_launches") or {}).values())
+    launching += len(snap.autoscaler.get("pending_nodes") or [])
+    return max(0, len(snap.node_ids) - 1) + launching, sum(template.max_workers(g) for g in template.workers)
+
+
 def headroom(
     request: Resources, managed: Mapping[str, ClusterTemplate], snapshots: Mapping[str, ClusterSnapshot]
 ) -> list[Headroom]:
@@ -78,10 +85,7 @@ def headroom(
         if not groups:
             out.append(Headroom(name, False, f"no worker group of template {template.name} can hold it"))
             continue
-        launching = sum(int(n) for n in (snap.autoscaler.get("pending_launches") or {}).values())
-        launching += len(snap.autoscaler.get("pending_nodes") or [])
-        workers = max(0, len(snap.node_ids) - 1) + launching
-        ceiling = sum(template.max_workers(g) for g in template.workers)
+        workers, ceiling = _workers(template, snap)
         if workers >= ceiling:
             out.append(Headroom(name, False, f"at its maximum of {ceiling} workers"))
             continue
@@ -179,10 +183,7 @@ def gang_headroom(
         if snap is None or not snap.healthy:
             out.append(Headroom(name, False, "no healthy reading"))
             continue
-        launching = sum(int(n) for n in (snap.autoscaler.get("pending_launches") or {}).values())
-        launching += len(snap.autoscaler.get("pending_nodes") or [])
-        workers = max(0, len(snap.node_ids) - 1) + launching
-        ceiling = sum(template.max_workers(g) for g in template.workers)
+        workers, ceiling = _workers(template, snap)
         spare = ceiling - workers
         # which groups the spare slots belong to is not in the reading: allow each group its maximum, bounded by
         # the cluster's spare total below
