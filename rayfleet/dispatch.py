@@ -862,11 +862,8 @@ class Dispatcher:
         if attempt is None or attempt.state.is_terminal() or attempt.cluster not in self._backends:
             return self.ledger.job(job_id) if job.attempts[:-1] else job
         sid, cluster = attempt.submission_id, attempt.cluster
-        reading = self.prober.cached(cluster)
-        if reading is not None and not reading.healthy:  # known down: ask again only once its probe backoff ends
-            reading = self.snapshots([cluster])[cluster]
-            if not reading.healthy:
-                return self._unreachable(job, ClusterUnreachableError(reading.error or "unreachable", cluster=cluster))
+        if (down := self._known_down(cluster)) is not None:
+            return self._unreachable(job, down)
         try:
             info = self._backends[cluster].info(sid)
         except JobNotFoundError:
@@ -878,6 +875,7 @@ class Dispatcher:
                 moved = self.ledger.record(sid, JobState.LOST, self._loss_reason(cluster, attempt.session))
             return self._after_loss(job_id) if moved else self.ledger.job(job_id)
         except ClusterUnreachableError as e:
+            self.snapshots([cluster], max_age=0)  # the prober's verdict from now on: the next turns do not ask again
             return self._unreachable(job, e)
         self._last_ok[cluster] = time.time()
         state = JobState.from_ray(str(info.status))
@@ -937,7 +935,7 @@ class Dispatcher:
         """An older attempt is still active (its cluster was unreachable when the job was placed again). If its
         cluster answers now, stop it there: the job runs elsewhere."""
         backend = self._backends.get(attempt.cluster)
-        if backend is None:
+        if backend is None or self._known_down(attempt.cluster) is not None:
             return
         try:
             status = JobState.from_ray(str(backend.status(attempt.submission_id)))
@@ -950,7 +948,18 @@ class Dispatcher:
         except JobNotFoundError:
             self.ledger.record(attempt.submission_id, JobState.LOST, self._loss_reason(attempt.cluster, None))
         except ClusterError:
-            return  # still unreachable: try again next turn
+            self.snapshots([attempt.cluster], max_age=0)  # still unreachable: the prober says when to try again
+            return
+
+    def _known_down(self, cluster: str) -> ClusterUnreachableError | None:
+        """Whether the prober knows the cluster is down (re-probed only once its backoff ends). A dead cluster is not
+        asked about each job: every such call waits out the job client's retries (about 11 s)."""
+        reading = self.prober.cached(cluster)
+        if reading is None or not reading.healthy:  # never read by this process, or down: probe, unless backing off
+            reading = self.snapshots([cluster])[cluster]
+            if not reading.healthy:
+                return ClusterUnreachableError(reading.error or "unreachable", cluster=cluster)
+        return None
 
     def _again(self, job: JobRecord, *, exclude: frozenset[str], replacing_unknown: bool = False) -> JobRecord:
         """Place a job again: its newest attempt failed to start (never ran), was lost, or (at-least-once) is

@@ -152,8 +152,10 @@ def test_a_cluster_killed_midway_and_restarted_loses_no_job_and_runs_none_twice(
             assert all(a.cluster == "c" for a in began[:-1]), report
         addresses = {c.name: c.address for c in stable_clusters} | {"c": lossy.address}
         assert ledger_matches_ray(ledger, addresses, set(ids)) == []
-        print(f"\ncluster faults: {len(ids)} jobs, {len(victims)} on the killed cluster, "
-              f"wave-2 submits took {[round(t, 3) for t in took]} s")  # fmt: skip
+        print(
+            f"\ncluster faults: {len(ids)} jobs, {len(victims)} on the killed cluster, "
+            f"wave-2 submits took {[round(t, 3) for t in took]} s"
+        )
     finally:
         release.touch()
         _stop_all(fleet, ids)
@@ -266,3 +268,36 @@ def test_a_hung_cluster_costs_placement_one_probe_timeout_then_its_unhealthy_rea
     finally:
         fleet.close()
         hung.close()
+
+
+def test_attempts_on_a_dead_cluster_do_not_stall_the_dispatch_loop(tmp_path: Path) -> None:
+    """A stale attempt (at-least-once placed its job again) and a newest attempt, each on a cluster that refuses
+    connections: a turn reads the prober's verdict instead of asking the dead cluster about each job (which waits out
+    the job client's retries: about 11 s per attempt per turn before the fix)."""
+    fleet = Fleet(
+        [Cluster(name="dead", address="http://127.0.0.1:9"), Cluster(name="dead2", address="http://127.0.0.1:7")],
+        ledger=tmp_path / "ledger.db",
+        unknown_after_s=0.0,
+    )
+    try:
+        ledger = fleet.ledger
+        request = {"resources": {}, "at_least_once": True}
+        ledger.add_job(
+            "rf-stale",
+            entrypoint="true",
+            request=request,
+            attempt={"submission_id": "rf-stale-1", "n": 1, "cluster": "dead"},
+        )
+        ledger.record("rf-stale-1", JobState.UNKNOWN, "its cluster stopped answering")
+        ledger.add_attempt(
+            "rf-stale", {"submission_id": "rf-stale-2", "n": 2, "cluster": "dead2"}, replacing_unknown=True
+        )
+        took = []
+        for _ in range(3):
+            t0 = time.monotonic()
+            fleet.tick()
+            took.append(time.monotonic() - t0)
+        assert sum(took) < 3.0, took  # each turn probes each dead cluster at most once (refused: milliseconds)
+        assert [a.state for a in ledger.job("rf-stale").attempts] == [JobState.UNKNOWN, JobState.UNKNOWN]
+    finally:
+        fleet.close()
