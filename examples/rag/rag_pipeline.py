@@ -23,7 +23,15 @@ IDLE_TIMEOUT_S = 10
 # would carry it to remote clusters, but on an autoscaling local cluster the fake nodes share the head's session
 # directory and each node's runtime-env agent deletes and re-downloads the same working_dir while actors of other
 # nodes run from it: seen as actors dying at start. On KubeRay, bake the code into the image or pass ship_code=True.)
-ENV_VARS = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+ENV_VARS = {
+    "HF_HUB_OFFLINE": "1",  # the models ship in packages: never ask a hub
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "TQDM_DISABLE": "1",  # no "Loading weights" bars in the stages' output
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "LANCE_LOG": "error",
+}
 
 
 def runtime_env(ship_code: bool = False) -> dict[str, Any]:
