@@ -18,6 +18,7 @@ from rayfleet.placement.fragmentation import (
     RequestMix,
     Shape,
     fgd_score,
+    leftover,
     live_growth,
     mix_from_config,
     mix_from_requests,
@@ -241,3 +242,17 @@ def test_with_memory_in_the_mix_a_node_short_of_memory_strands_its_gpus():
     with_memory = Fragmentation(RequestMix.of({shape: 1}, memory=True), state.models)
     np.testing.assert_allclose(with_memory.of(state), [0, 2000])
     assert RequestMix.typical([shape, shape], memory=True).shapes == (shape,)
+
+
+def test_a_cpu_hungry_request_avoids_the_node_whose_gpus_it_would_strand():
+    # node 0: 8 GPUs, 64 CPUs (8 per GPU, as the mix needs); node 1: 2 GPUs, 200 CPUs
+    state = NodeState.empty([64000, 200000], [0, 0], [8, 2], ["G2", "T4"])
+    frag = Fragmentation(RequestMix.of({Shape(8000, 1000, 1): 1.0}), state.models)
+    assert frag.cpu_per_gpu == 8.0
+    request = Shape(40000)  # CPU only
+    c = frag.candidates(state, request, np.array([0, 1]))
+    np.testing.assert_allclose(c.growth, [0, 0])  # FGD sees no difference: a 1-GPU, 8-CPU request still fits both
+    np.testing.assert_allclose(c.stranding, [5000, 0])  # but 24 CPUs left can feed only 3 of node 0's 8 GPUs
+    assert frag.best(state, request, np.array([0, 1])).node == 1
+    fgd_pick = np.lexsort((c.node, leftover(state, c.node, request), -fgd_score(c.growth)))[0]
+    assert c.node[fgd_pick] == 0  # the paper's score, with the best-fit tie-break, strands them
