@@ -397,15 +397,7 @@ class Dispatcher:
             if outcome.in_ledger:
                 self.ledger.requeue(job_id, f"waiting: {reason}")
             else:
-                self.ledger.add_job(
-                    job_id,
-                    entrypoint=sub.entrypoint,
-                    request=sub.to_json(),
-                    runtime_env=sub.runtime_env,
-                    metadata=sub.metadata,
-                    parent_id=sub.parent_id,
-                    detail=f"waiting: {reason}",
-                )
+                self._add_job(job_id, sub, detail=f"waiting: {reason}")
             log.info("job %s is queued: %s", job_id, reason)
             return job_id
         if outcome.in_ledger:  # the job is in the ledger already: its attempts say what happened
@@ -483,15 +475,7 @@ class Dispatcher:
             "session": snapshot.session_name if snapshot is not None and snapshot.healthy else None,
         }
         if new_job:
-            self.ledger.add_job(
-                job_id,
-                entrypoint=sub.entrypoint,
-                request=sub.to_json(),
-                runtime_env=sub.runtime_env,
-                metadata=sub.metadata,
-                parent_id=sub.parent_id,
-                attempt=attempt,
-            )
+            self._add_job(job_id, sub, attempt=attempt)
         else:
             self.ledger.add_attempt(job_id, attempt, replacing_unknown=replacing_unknown)
         entrypoint, runtime_env = sub.entrypoint, self._runtime_env(sub, job_id)
@@ -540,6 +524,21 @@ class Dispatcher:
         if target.cluster in self._managed:
             self.ledger.update_managed(target.cluster, last_busy_at=time.time())
         return True
+
+    def _add_job(
+        self, job_id: str, sub: Submission, *, attempt: Mapping[str, Any] | None = None, detail: str | None = None
+    ) -> None:
+        """Record a new job: with its first attempt PLACED, or QUEUED (``detail`` says why)."""
+        self.ledger.add_job(
+            job_id,
+            entrypoint=sub.entrypoint,
+            request=sub.to_json(),
+            runtime_env=sub.runtime_env,
+            metadata=sub.metadata,
+            parent_id=sub.parent_id,
+            attempt=attempt,
+            detail=detail,
+        )
 
     @contextlib.contextmanager
     def _slot(self, cluster: str) -> Iterator[None]:
