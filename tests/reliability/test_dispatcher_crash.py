@@ -162,5 +162,12 @@ def test_a_crash_between_submitted_and_recorded_submitted_adopts_rays_state_with
         everywhere = [r for c in stable_clusters for r in ray_jobs(c.address, {job_id})]
         assert everywhere == [(sid, job_id, "SUCCEEDED")]
         poll(lambda: started(ran) == [sid], timeout=10)
+        addresses = {c.name: c.address for c in stable_clusters}
+        assert ledger_matches_ray(ledger, addresses, {job_id}) == []
+        # the comparison can fail: a second Ray job of this rayfleet job, one the ledger never recorded, is caught
+        rogue = JobSubmissionClient(stable_clusters[1].address).submit_job(
+            entrypoint="true", submission_id=f"{job_id}-rogue", metadata={"rayfleet.job_id": job_id}
+        )
+        assert ledger_matches_ray(ledger, addresses, {job_id}) == [f"b has {rogue}, which the ledger does not know"]
     finally:
         fleet.close()
