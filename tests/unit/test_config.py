@@ -239,8 +239,8 @@ def test_a_missing_file_names_the_path(tmp_path):
         pytest.param(
             "clusters:\n  - {name: a, address: h}\npolicy: cheapest\n",
             "policy",
-            "'binpack', 'spread' or 'cost'",
-            "use one of binpack, spread, cost",
+            "'binpack', 'spread', 'cost' or 'fragmentation'",
+            "use one of binpack, spread, cost, fragmentation",
             id="bad-policy",
         ),
         pytest.param(
