@@ -30,7 +30,7 @@ ENV_VARS = {
     "TQDM_DISABLE": "1",  # no "Loading weights" bars in the stages' output
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TRANSFORMERS_VERBOSITY": "error",
-    "LANCE_LOG": "error",
+    "LANCEDB_LOG": "error",
 }
 
 
