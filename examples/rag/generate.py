@@ -81,7 +81,7 @@ def main() -> None:
         questions = questions[: args.limit]
     batches = [questions[i : i + args.batch] for i in range(0, len(questions), args.batch)]
 
-    ray.init(ignore_reinit_error=True)
+    ray.init(ignore_reinit_error=True, log_to_driver=False)  # Ray's own worker and raylet notices stay in its logs
     print(f"asking for {args.workers} actors of 1 GPU each for {len(questions)} questions "
           f"({len(batches)} batches, generator {args.generator})", flush=True)  # fmt: skip
     asked = time.time()

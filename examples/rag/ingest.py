@@ -83,7 +83,7 @@ def main() -> None:
     print(f"corpus python3.11-doc {version}, subset {args.subset}: {len(files)} files -> {len(chunks)} chunks, "
           f"{len(questions)} held-out FAQ questions", flush=True)  # fmt: skip
 
-    ray.init(ignore_reinit_error=True)
+    ray.init(ignore_reinit_error=True, log_to_driver=False)  # Ray's own worker and raylet notices stay in its logs
     cpus = int(ray.available_resources().get("CPU", 1))
     texts = [c.text for c in chunks]
     shards = [texts[i : i + args.shard] for i in range(0, len(texts), args.shard)]
