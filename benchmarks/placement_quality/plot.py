@@ -1,7 +1,8 @@
 """Plot our unallocated-GPU curves next to the FGD paper's published ones, one panel per trace.
 
-Run: .venv/bin/python -m benchmarks.placement_quality.plot [results json] [png]
-(defaults: benchmarks/results/placement_quality.json -> docs/img/placement_quality.png)
+Run: .venv/bin/python -m benchmarks.placement_quality.plot
+It reads benchmarks/results/placement_quality.json (the baselines) and placement_quality_rayfleet.json (rayfleet's
+policy, which replaces the same entry of the first), and writes docs/img/placement_quality.png.
 
 Data: Alibaba cluster-trace-gpu-v2023; published curves from Weng et al., "Beware of Fragmentation: Scheduling
 GPU-Sharing Workloads with Fragmentation Gradient Descent", USENIX ATC 2023.
@@ -11,8 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
-from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -26,10 +26,20 @@ COLORS = {"random": "tab:gray", "bestfit": "tab:blue", "fgd": "tab:orange", "fra
 LABELS = {"random": "Random", "bestfit": "BestFit", "fgd": "FGD", "fragmentation": "rayfleet fragmentation"}
 
 
+def merged_results(names: tuple[str, ...] = ("placement_quality", "placement_quality_rayfleet")) -> dict[str, Any]:
+    """trace -> policy -> summary, from the result files in order (a later file replaces an earlier entry)."""
+    results: dict[str, Any] = {}
+    for name in names:
+        path = RESULTS / f"{name}.json"
+        if path.exists():
+            for trace, policies in json.loads(path.read_text())["results"].items():
+                results.setdefault(trace, {}).update(policies)
+    return results
+
+
 def main() -> None:
-    source = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS / "placement_quality.json"
-    target = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "docs" / "img" / "placement_quality.png"
-    results = json.loads(source.read_text())["results"]
+    target = ROOT / "docs" / "img" / "placement_quality.png"
+    results = merged_results()
     published: dict[tuple[str, str], list[tuple[int, float, float]]] = {}
     with PUBLISHED.open() as f:
         for row in csv.DictReader(f):

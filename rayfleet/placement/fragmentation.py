@@ -500,6 +500,21 @@ def mix_from_requests(requests: Iterable[Resources], coverage: float = COVERAGE)
     return RequestMix.typical(shapes, coverage) if shapes else None
 
 
+def refresh_live_mix(
+    configured: Iterable[Mapping[str, object] | object], recent: Iterable[Resources]
+) -> RequestMix | None:
+    """Set the mix of ``policy="fragmentation"``: the fleet's ``fragmentation_mix`` if set, else the typical mix of
+    ``recent`` requests (the dispatcher's ledger), else none (each request is measured against its own shape).
+
+    Example (what the dispatcher calls at start and every few hundred submissions):
+        >>> recent = (job.resources for job in ledger.jobs(limit=1000))  # doctest: +SKIP
+        >>> refresh_live_mix(config.fragmentation_mix, recent)  # doctest: +SKIP
+    """
+    mix = mix_from_config(configured) or mix_from_requests(recent)
+    LIVE_MIX.use(mix)
+    return mix
+
+
 def live_growth(
     free: np.ndarray, total: np.ndarray, vec: np.ndarray, keys: Sequence[str], request: Resources
 ) -> np.ndarray:

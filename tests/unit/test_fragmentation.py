@@ -256,3 +256,13 @@ def test_a_cpu_hungry_request_avoids_the_node_whose_gpus_it_would_strand():
     assert frag.best(state, request, np.array([0, 1])).node == 1
     fgd_pick = np.lexsort((c.node, leftover(state, c.node, request), -fgd_score(c.growth)))[0]
     assert c.node[fgd_pick] == 0  # the paper's score, with the best-fit tie-break, strands them
+
+
+def test_the_configured_mix_wins_over_the_ledger_and_the_ledger_over_nothing():
+    from rayfleet.placement.fragmentation import refresh_live_mix
+
+    recent = [Resources(cpu=2, gpu=0.25)] * 3
+    assert refresh_live_mix([{"cpu": 4, "gpu": 1}], recent).shapes == (Shape(4000, 1000, 1),)
+    assert LIVE_MIX.get().shapes == (Shape(4000, 1000, 1),)
+    assert refresh_live_mix([], recent).shapes == (Shape(2000, 250, 1),)
+    assert refresh_live_mix([], []) is None and LIVE_MIX.get() is None
