@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--seed", default=42, type=int)
     parser.add_argument("--out", default="placement_quality_speed")
     args = parser.parse_args()
+    load_before = loadavg()
     base, timed, mix = filled(args.seed)
     rows = [measure(base, timed, mix, int(n), args.seed) for n in args.nodes.split(",")]
     at_1213 = next((r for r in rows if r["nodes"] == 1213), None)
@@ -115,7 +116,7 @@ def main() -> None:
             "date": utc_now(),
             "machine": machine(),
             "source": source(),
-            "loadavg_before": loadavg(),
+            "loadavg_before": load_before,
             "params": {"fill": FILL, "timed": TIMED, "seed": args.seed, "trace": "default"},
             "targets_at_1213_nodes": targets,
             "by_nodes": rows,
