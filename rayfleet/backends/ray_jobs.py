@@ -97,9 +97,11 @@ class RayJobs:
 
     @property
     def client(self) -> Any:
+        """Ray's client, made on first use. Use it inside `_call`, whose retries cover making it too (retrying here
+        as well would multiply the retries: about 11 s per call on a dead cluster)."""
         with self._lock:
             if self._client is None:
-                self._client = self._call(self._build, policy=retry.READ)
+                self._client = self._build()
             return self._client
 
     def _build(self) -> Any:
@@ -151,13 +153,13 @@ class RayJobs:
         return bool(self._call(lambda: self.client.stop_job(submission_id), policy=retry.READ, job=submission_id))
 
     def list(self) -> list[Any]:
-        return list(self._call(self.client.list_jobs, policy=retry.READ))
+        return list(self._call(lambda: self.client.list_jobs(), policy=retry.READ))
 
     def tail(self, submission_id: str) -> Iterator[str]:
         """Yield log chunks as they are written until the job ends (Ray's async tail, run on its own thread)."""
         chunks: queue.Queue[Any] = queue.Queue(maxsize=64)
         done = object()
-        client = self.client
+        client = self._call(lambda: self.client, policy=retry.READ)
 
         async def pump() -> None:
             async for chunk in client.tail_job_logs(submission_id):
