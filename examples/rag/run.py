@@ -37,9 +37,13 @@ def corpus_dir(choice: str) -> tuple[str, str]:
         return str(rag_pipeline.DATA), choice
     cache = Path.home() / ".cache" / "rayfleet" / "rag-corpus"
     console.print(f"fetching python3.11-doc from Debian into {cache} (apt-get download + dpkg-deb -x) ...")
-    version = subprocess.run(
-        ["bash", str(rag_pipeline.HERE / "fetch_corpus.sh"), str(cache)], check=True, capture_output=True, text=True
-    ).stdout.strip().splitlines()[-1]
+    version = (
+        subprocess.run(
+            ["bash", str(rag_pipeline.HERE / "fetch_corpus.sh"), str(cache)], check=True, capture_output=True, text=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     console.print(f"corpus: python3.11-doc {version} (the committed subset is from 3.11.2-6+deb12u9)")
     return str(cache / "python3.11-doc"), "full"
 
