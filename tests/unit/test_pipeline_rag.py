@@ -74,3 +74,21 @@ def test_metrics_count_hits_at_k_and_citations() -> None:
         "hit@5": 0.75,
         "citation_accuracy": 0.5,
     }
+
+
+def test_the_rag_templates_render_to_a_fixed_cpu_raycluster_and_a_gpu_one_that_autoscales_from_zero() -> None:
+    import rag_pipeline
+
+    from rayfleet.provisioning.templates import render
+
+    cpu, gpu = rag_pipeline.templates(gpu_workers=3)
+    kw = {"namespace": "ml", "fleet": "f", "created_by": "me"}
+    static = render(cpu, name="rag-cpu-1", **kw)["spec"]
+    assert "enableInTreeAutoscaling" not in static
+    assert [(g["replicas"], g["minReplicas"], g["maxReplicas"]) for g in static["workerGroupSpecs"]] == [(1, 1, 1)]
+    scaled = render(gpu, name="rag-gpu-1", **kw)["spec"]
+    assert scaled["enableInTreeAutoscaling"] is True
+    assert scaled["autoscalerOptions"]["idleTimeoutSeconds"] == rag_pipeline.IDLE_TIMEOUT_S
+    (group,) = scaled["workerGroupSpecs"]
+    assert (group["minReplicas"], group["maxReplicas"], group["rayStartParams"]["num-gpus"]) == (0, 3, "1")
+    assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
