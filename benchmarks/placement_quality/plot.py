@@ -26,7 +26,9 @@ COLORS = {"random": "tab:gray", "bestfit": "tab:blue", "fgd": "tab:orange", "fra
 LABELS = {"random": "Random", "bestfit": "BestFit", "fgd": "FGD", "fragmentation": "rayfleet fragmentation"}
 
 
-def merged_results(names: tuple[str, ...] = ("placement_quality", "placement_quality_rayfleet")) -> dict[str, Any]:
+def merged_results(
+    names: tuple[str, ...] = ("placement_quality", "placement_quality_rayfleet", "placement_quality_live"),
+) -> dict[str, Any]:
     """trace -> policy -> summary, from the result files in order (a later file replaces an earlier entry)."""
     results: dict[str, Any] = {}
     for name in names:
