@@ -186,7 +186,7 @@ def main() -> None:
         for p in policies
         for s in args.seeds
     ]
-    started = time.perf_counter()
+    started, measured = time.perf_counter(), source()  # the code as it was when the replays started
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(replay_one, jobs))
     wall = time.perf_counter() - started
@@ -194,7 +194,7 @@ def main() -> None:
         "command": command(),
         "date": utc_now(),
         "machine": machine(),
-        "source": source(),
+        "source": measured,
         "loadavg": loadavg(),
         "params": {
             "traces": args.traces.split(","),
