@@ -33,6 +33,7 @@ from rayfleet.errors import (
 )
 from rayfleet.ledger import AttemptConflict, AttemptRecord, JobRecord, Ledger, ManagedClusterRecord
 from rayfleet.placement import Decision, Hold, PlacementRequest, place
+from rayfleet.placement.fragmentation import refresh_live_mix
 from rayfleet.placement.provision import (
     Creation,
     Headroom,
@@ -59,6 +60,8 @@ HOLD_REFLECT_S = 3.0
 # that count on a worker being added (autoscaler headroom, a new cluster) add the template's scale_up_s.
 DEFAULT_START_TIMEOUT_S = 3.0
 DEFAULT_RESERVATION_TIMEOUT_S = DEFAULT_START_TIMEOUT_S  # the name it had before queued and plain jobs used it
+# policy="fragmentation" learns the typical request mix again from the ledger after this many new jobs.
+MIX_EVERY = 200
 # A managed cluster still CREATING this long after its template's ready timeout was left by a creator that crashed.
 CREATING_MARGIN_S = 60.0
 
@@ -189,6 +192,8 @@ class Dispatcher:
             on_version=self._check_version,
         )
         self._backends = {c.name: RayJobs(c) for c in config.clusters}
+        self._since_mix = 0  # submissions since policy="fragmentation" last learned the typical request mix
+        self._learn_mix()
         self._holds: list[Hold] = []
         self._lock = threading.Lock()
         self._slots: dict[str, threading.BoundedSemaphore] = {}
@@ -525,10 +530,20 @@ class Dispatcher:
             self.ledger.update_managed(target.cluster, last_busy_at=time.time())
         return True
 
+    def _learn_mix(self) -> None:
+        """The request mix ``policy="fragmentation"`` measures against: the fleet's ``fragmentation_mix``, else the
+        typical shapes of the ledger's last 1000 jobs."""
+        recent = (job.resources for job in self.ledger.jobs(limit=1000))
+        refresh_live_mix(self.config.fragmentation_mix, () if self.config.fragmentation_mix else recent)
+
     def _add_job(
         self, job_id: str, sub: Submission, *, attempt: Mapping[str, Any] | None = None, detail: str | None = None
     ) -> None:
         """Record a new job: with its first attempt PLACED, or QUEUED (``detail`` says why)."""
+        self._since_mix += 1
+        if self._since_mix >= MIX_EVERY and not self.config.fragmentation_mix:
+            self._since_mix = 0
+            self._learn_mix()
         self.ledger.add_job(
             job_id,
             entrypoint=sub.entrypoint,

@@ -526,7 +526,8 @@ def live_growth(
     """
     state = NodeState.from_rows(free, total, keys)
     shape = Shape.of(request)
-    if any(k.startswith(ACCELERATOR_PREFIX) and v > 0 for k, v in zip(keys, vec, strict=True)):
+    asked = np.asarray(vec, dtype=float).reshape(-1, len(keys)).max(axis=0)  # a gang scores per-row loads
+    if any(k.startswith(ACCELERATOR_PREFIX) and v > 0 for k, v in zip(keys, asked, strict=True)):
         # place() already chose one model for this vector and kept only its rows: measure without the constraint
         shape = Shape(shape.cpu_milli, shape.gpu_milli, shape.gpus, shape.memory, frozenset())
     frag = _measure(LIVE_MIX.get() or RequestMix.of({shape: 1.0}), state.models)
