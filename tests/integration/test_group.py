@@ -198,8 +198,12 @@ def test_stopping_a_member_before_the_decision_withdraws_the_whole_group(
         release.touch()
         gpu_client.stop_job(blocker)
     decision = group.decision()
-    assert decision is not None and (decision.outcome, decision.by) == (ABORT, "member 1"), decision
-    assert "stopped before the group's decision" in decision.reason
+    assert decision is not None and decision.outcome == ABORT, decision
+    # member 1's launcher writes the abort on its way out; the dispatcher, seeing member 1 end first, may win the race
+    assert (decision.by, decision.by == "dispatcher" or "stopped before the group's decision" in decision.reason) in (
+        ("member 1", True),
+        ("dispatcher", True),
+    ), decision
     assert states == [JobState.FAILED, JobState.STOPPED], logs(group)
     assert [starts(m) for m in markers] == [[], []]
     assert GROUP_ABORTED_MARKER in group.members[0].logs()
