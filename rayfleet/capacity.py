@@ -199,7 +199,7 @@ def parse_cluster_status(
             total[name], used[name] = float(node_total), float(node_used)
         nodes.append((node_id, total, used))
     pending = [(shape, count) for shape, count in report.get("resourceDemand") or []]
-    pending += [(shape, count) for shape, count in report.get("pgDemand") or [] if isinstance(shape, dict)]
+    pending += _placement_group_demand(report.get("pgDemand") or [])
     autoscaler = status.get("autoscalerReport") or {}
     snapshot = ClusterSnapshot.from_nodes(
         cluster,
@@ -214,6 +214,22 @@ def parse_cluster_status(
         },
     )
     return snapshot, unknown
+
+
+def _placement_group_demand(entries: Iterable[Any]) -> list[tuple[dict[str, float], float]]:
+    """Pending placement groups (``pgDemand``: ``[[{"strategy": ..., "bundles": [[{shape}, n], ...]}, count]]``) as
+    bundle shapes with counts; anything else in the list is skipped."""
+    out = []
+    for entry in entries:
+        try:
+            group, count = entry
+            for bundle, n in group.get("bundles") or []:
+                shape = {str(k): float(v) for k, v in bundle.items() if isinstance(v, int | float)}
+                if shape:
+                    out.append((shape, float(n) * float(count)))
+        except (TypeError, ValueError, AttributeError):
+            continue
+    return out
 
 
 @dataclass

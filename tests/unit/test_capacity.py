@@ -85,3 +85,18 @@ def test_a_cluster_on_another_ray_version_draws_one_warning(tmp_path) -> None:
             dispatcher._check_version("a", "0.0.1", "session_x")  # once per cluster
     finally:
         dispatcher.close()
+
+
+def test_pending_placement_groups_count_as_demand_per_bundle_and_do_not_break_placement() -> None:
+    import copy
+
+    from rayfleet.placement.fit import effective_free
+
+    payload = copy.deepcopy(PAYLOAD)
+    report = payload["data"]["clusterStatus"]["loadMetricsReport"]
+    report["resourceDemand"] = []
+    report["pgDemand"] = [[{"strategy": "STRICT_PACK", "bundles": [[{"CPU": 1.0}, 2]]}, 1], ["not", "a group"]]
+    snapshot, _ = parse_cluster_status("c", payload, {}, taken_at=1.0)
+    assert [(dict(shape), count) for shape, count in snapshot.pending] == [({"CPU": 1.0}, 2.0)]
+    cpu = snapshot.keys.index("CPU")
+    assert effective_free(snapshot)[:, cpu].sum() == pytest.approx(snapshot.free[:, cpu].sum() - 2.0)
