@@ -158,22 +158,6 @@ def test_stop_job_stops_the_command_and_frees_the_group(
     poll(lambda: group_states(address, job) == ["REMOVED"], timeout=15)
 
 
-def test_launcher_overhead(client: JobSubmissionClient) -> None:
-    """Submit -> SUCCEEDED of a trivial command, plain vs behind the launcher with a one-CPU bundle (printed)."""
-    timings: dict[str, list[float]] = {"plain": [], "launcher": []}
-    for _ in range(2):
-        start = time.monotonic()
-        job = client.submit_job(entrypoint="echo hi", entrypoint_num_cpus=0)
-        assert finish(client, job) == JobStatus.SUCCEEDED
-        timings["plain"].append(time.monotonic() - start)
-        start = time.monotonic()
-        job = submit(client, "echo hi", [{"CPU": 1}], "PACK", 30)
-        assert finish(client, job) == JobStatus.SUCCEEDED
-        timings["launcher"].append(time.monotonic() - start)
-        print("\n" + client.get_job_logs(job).strip())
-    print(f"\nsubmit -> SUCCEEDED: {', '.join(f'{k} {[round(t, 2) for t in v]} s' for k, v in timings.items())}")
-
-
 def test_stop_while_reserving_withdraws_at_once(client: JobSubmissionClient, address: str, tmp_path: Path) -> None:
     ran = tmp_path / "ran"
     job = submit(client, f"touch {ran}", [A100, A100, A100], "STRICT_SPREAD", 120)

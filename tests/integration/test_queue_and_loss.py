@@ -1,26 +1,24 @@
 """The queue, cluster loss and exactly-once, on real local Ray clusters.
 
 - Queued jobs start in priority order when capacity frees up.
-- A cluster that dies is UNKNOWN while it is away, and proven LOST when it comes back with a new Ray session:
-  the retriable job runs again elsewhere, the other FAILS with the reason.
+- (A cluster that dies, comes back with a new Ray session, and what happens to retriable and other jobs:
+  tests/reliability/test_cluster_faults.py.)
 - Two dispatcher processes, each with its own ledger, share a fleet with room for one of their gangs: both jobs
   finish, neither runs twice.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from rayfleet import Cluster, Fleet, LocalClusterSpec, LocalFleet
-from rayfleet.errors import NoCapacityError, RayfleetError
+from rayfleet import Fleet
+from rayfleet.errors import NoCapacityError
 from rayfleet.ledger import Ledger
 from rayfleet.states import JobState
 from tests.integration.conftest import ray_job, wait_idle
@@ -84,74 +82,6 @@ def test_a_queued_job_past_its_deadline_fails_and_a_stopped_one_never_runs(fleet
         blocker.wait(60)
     fleet.tick()
     assert not (tmp_path / "ran").exists()
-
-
-# ----- cluster loss -----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture()
-def lossy(tmp_path: Path) -> Iterator[LocalFleet]:
-    """A cluster of its own that the test kills and restarts at the same address."""
-    running = LocalFleet([LocalClusterSpec("lossy", cpus=2, memory="1GiB")], name=f"lossy-{tmp_path.name}"[:40])
-    running.up()
-    try:
-        yield running
-    finally:
-        running.down()
-
-
-def test_a_killed_cluster_makes_its_jobs_unknown_then_lost_retried_or_failed(
-    lossy: LocalFleet, addresses: dict[str, str], tmp_path: Path
-) -> None:
-    ledger = tmp_path / "ledger.db"
-    address, base = lossy.running[0].address, lossy.running[0].port_base
-    # the submitting process sees only the lossy cluster; the dispatcher process sees it and the "cpu" one
-    submitter = Fleet([Cluster(name="lossy", address=address)], ledger=ledger)
-    dispatcher = Fleet(
-        [Cluster(name="lossy", address=address), Cluster(name="cpu", address=addresses["cpu"])],
-        ledger=ledger,
-        unknown_after_s=1.0,
-        probe_timeout_s=1.0,
-    )
-    ran = tmp_path / "ran"
-    retriable = submitter.submit(_mark(ran, "sleep 600"), {"cpu": 0.5}, max_retries=1)
-    single = submitter.submit(_mark(ran, "sleep 600"), {"cpu": 0.5})
-    try:
-        poll(lambda: ran.exists() and len(ran.read_text().split()) == 2, timeout=90)
-        first_session = Ledger(ledger).job(retriable.id).attempts[0].session
-        assert first_session
-
-        lossy.down()  # the head and its jobs are gone; nothing answers at its address
-        jobs = [dispatcher.job(retriable.id), dispatcher.job(single.id)]
-        poll(lambda: (dispatcher.tick(), all(j.record.state is JobState.UNKNOWN for j in jobs))[1], timeout=60)
-        assert all(len(j.attempts) == 1 for j in jobs)  # unknown is not lost: nothing placed again
-
-        restarted = LocalFleet([LocalClusterSpec("lossy", cpus=2, memory="1GiB")], name=lossy.name, port_base=base)
-        restarted.up()
-        lossy.running = restarted.running  # so the fixture stops the new one
-        lossy._processes.update(restarted._processes)
-        assert restarted.running[0].address == address
-
-        def settled() -> bool:
-            dispatcher.tick()
-            return jobs[1].record.state is JobState.FAILED and jobs[0].record.state is JobState.RUNNING
-
-        poll(settled, timeout=120, interval=0.5)
-        first, second = jobs[0].attempts
-        assert first.state is JobState.LOST and "restarted" in (first.detail or "")
-        assert (first.cluster, second.cluster) == ("lossy", "cpu")
-        failed = jobs[1].record
-        assert failed.attempts[0].state is JobState.LOST
-        assert failed.reason and "lost on lossy" in failed.reason and "max_retries=0" in failed.reason
-        poll(lambda: len(ran.read_text().split()) == 3, timeout=60)  # the retriable one started again, once
-        assert sorted(ran.read_text().split()) == sorted([retriable.id, retriable.id, single.id])
-    finally:
-        for handle in (retriable, single):
-            if not dispatcher.job(handle.id).record.state.is_terminal():
-                with contextlib.suppress(RayfleetError):  # its cluster may be the one that is down
-                    dispatcher.job(handle.id).stop()
-        submitter.close()
-        dispatcher.close()
 
 
 # ----- two dispatchers --------------------------------------------------------------------------------------------
