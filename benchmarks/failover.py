@@ -3,9 +3,10 @@ runs elsewhere.
 
 Two local multi-node clusters: "fat" (one node, 2 GPUs) and "spread" (two nodes, 1 GPU each). The fleet keeps one
 capacity reading on purpose (probe_ttl_s=3600), then another user takes fat's GPUs, so binpack sends the job to fat.
-Two kinds of job: a 2x1-GPU PACK gang, and a plain job asking for 1 GPU (policy spread, so it goes to fat too). Its launcher cannot reserve, exits 75 after
-the start timeout (the fleet's default, 3 s, unless --start-timeout), and the dispatcher places the job again on
-"spread". Measured from submit: the failed attempt recorded, the new attempt RUNNING, the job SUCCEEDED.
+Two kinds of job: a 2x1-GPU PACK gang, and a plain job asking for 1 GPU (policy spread, so it goes to fat too).
+Its launcher cannot reserve, exits 75 after the start timeout (the fleet's default, 3 s, unless --start-timeout),
+and the dispatcher places the job again on "spread". Measured from submit: the failed attempt recorded, the new
+attempt RUNNING, the job SUCCEEDED.
 
     .venv/bin/python benchmarks/failover.py [--runs 3] [--start-timeout SECONDS]
 """
