@@ -112,6 +112,19 @@ def stats_ms(samples_s: Sequence[float]) -> dict[str, float | int]:
     }
 
 
+def header(name: str, load_at_start: list[float] | None) -> dict[str, Any]:
+    """What every result document starts with: the benchmark, command, date, machine, commit and load average."""
+    return {
+        "benchmark": name,
+        "command": command(),
+        "date_utc": utc_now(),
+        "machine": machine(),
+        "source": source(),
+        "loadavg_at_start": load_at_start,
+        "loadavg_at_end": loadavg(),
+    }
+
+
 def emit(name: str, document: dict[str, Any]) -> Path:
     """Print the JSON document to stdout and write the same to benchmarks/results/<name>.json."""
     text = json.dumps(document, indent=2)

@@ -98,13 +98,7 @@ def main() -> None:
     }
     worst = max(figures[kind]["running_elsewhere"]["p50"] for kind in figures)
     document = {
-        "benchmark": "failover",
-        "command": _common.command(),
-        "date_utc": _common.utc_now(),
-        "machine": _common.machine(),
-        "source": _common.source(),
-        "loadavg_at_start": load,
-        "loadavg_at_end": _common.loadavg(),
+        **_common.header("failover", load),
         "parameters": {
             "runs": args.runs,
             "start_timeout_s": args.start_timeout if args.start_timeout is not None else "default (3 s)",

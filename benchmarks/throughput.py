@@ -114,13 +114,7 @@ def main() -> None:
     }
     ratio = rate["rayfleet"]["accepted_per_s"] / rate["direct"]["accepted_per_s"]
     document = {
-        "benchmark": "throughput",
-        "command": _common.command(),
-        "date_utc": _common.utc_now(),
-        "machine": _common.machine(),
-        "source": _common.source(),
-        "loadavg_at_start": load,
-        "loadavg_at_end": _common.loadavg(),
+        **_common.header("throughput", load),
         "parameters": {
             "jobs": args.jobs,
             "clusters": len(SPECS),

@@ -96,6 +96,15 @@ def headroom(
     return out
 
 
+def _capped(state: ProvisionerState, template: ClusterTemplate) -> str | None:
+    """Why the provisioner may not create another cluster of ``template`` (its caps), or None."""
+    if state.clusters >= state.max_clusters:
+        return f"provisioner {state.name} is at its cap of {state.max_clusters} clusters"
+    if state.gpus + template.total_gpus() > state.max_gpus:
+        return f"would pass provisioner {state.name}'s cap of {state.max_gpus} GPUs ({state.gpus} in use)"
+    return None
+
+
 def creations(request: Resources, provisioners: Sequence[ProvisionerState]) -> list[Creation]:
     """Every template of every provisioner: can a new cluster hold ``request``, at what price? Best first."""
     out = []
@@ -105,19 +114,8 @@ def creations(request: Resources, provisioners: Sequence[ProvisionerState]) -> l
             if holder is None:
                 out.append(Creation(state.name, template.name, False, "no worker (or head) of it can hold it"))
                 continue
-            if state.clusters >= state.max_clusters:
-                out.append(
-                    Creation(
-                        state.name,
-                        template.name,
-                        False,
-                        f"provisioner {state.name} is at its cap of {state.max_clusters} clusters",
-                    )
-                )
-                continue
-            if state.gpus + template.total_gpus() > state.max_gpus:
-                why = f"would pass provisioner {state.name}'s cap of {state.max_gpus} GPUs ({state.gpus} in use)"
-                out.append(Creation(state.name, template.name, False, why))
+            if capped := _capped(state, template):
+                out.append(Creation(state.name, template.name, False, capped))
                 continue
             group, workers, model = holder
             where = f"a {group} worker" if group else "its head"
@@ -209,12 +207,8 @@ def gang_creations(gang: Gang, provisioners: Sequence[ProvisionerState]) -> list
             plan = gang_workers(template, gang)
             if isinstance(plan, str):
                 out.append(Creation(state.name, template.name, False, plan))
-            elif state.clusters >= state.max_clusters:
-                why = f"provisioner {state.name} is at its cap of {state.max_clusters} clusters"
-                out.append(Creation(state.name, template.name, False, why))
-            elif state.gpus + template.total_gpus() > state.max_gpus:
-                why = f"would pass provisioner {state.name}'s cap of {state.max_gpus} GPUs ({state.gpus} in use)"
-                out.append(Creation(state.name, template.name, False, why))
+            elif capped := _capped(state, template):
+                out.append(Creation(state.name, template.name, False, capped))
             else:
                 price = sum(template.hourly_price(b) for b in gang.bundles)
                 why = f"{plan[0]} new workers can hold {gang.describe()}, {price:g}/h"

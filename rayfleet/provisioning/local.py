@@ -8,8 +8,9 @@ accelerator model and memory, and binds loopback only. A cluster may also have
 - autoscaling: Ray's fake multi-node provider runs the real Ray autoscaler on the head, which adds and removes worker
   "nodes" as local processes (children of the head's autoscaler process).
 
-The fleet stops exactly the processes it started and their descendants, by their id; never ``ray stop``, which stops
-every cluster on the machine. A state file lets another process find and stop the fleet (``rayfleet local down``).
+The fleet stops exactly the processes it started and their descendants, by their id; never Ray's own stop command,
+which stops every cluster on the machine. A state file lets another process find and stop the fleet
+(``rayfleet local down``).
 """
 
 from __future__ import annotations

@@ -22,14 +22,9 @@ from rayfleet.errors import NoCapacityError
 from rayfleet.ledger import Ledger
 from rayfleet.states import JobState
 from tests.integration.conftest import ray_job, wait_idle
-from tests.polling import poll
+from tests.polling import poll, until_file
 
 pytestmark = pytest.mark.integration
-
-
-def _until_file(path: Path) -> str:
-    """A command that runs until ``path`` exists (the test decides when it ends; no timing involved)."""
-    return f"python -c \"import os, time\nwhile not os.path.exists('{path}'): time.sleep(0.1)\""
 
 
 def _mark(path: Path, then: str = "") -> str:
@@ -41,8 +36,9 @@ def _mark(path: Path, then: str = "") -> str:
 def test_queued_jobs_start_in_priority_order_when_capacity_frees_up(fleet: Fleet, tmp_path: Path) -> None:
     wait_idle(fleet)
     release = tmp_path / "release"
-    blocker = fleet.submit(_until_file(release), {"cpu": 2}, cluster="cpu")
+    blocker = fleet.submit(until_file(release), {"cpu": 2}, cluster="cpu")
     poll(lambda: blocker.status() is JobState.RUNNING and "rayfleet: reserved" in blocker.logs(), timeout=60)
+    poll(lambda: fleet.snapshots(max_age=0)["cpu"].sum("CPU", "free") == 0, timeout=30)  # the reading shows it
     with pytest.raises(NoCapacityError):  # without wait, a full cluster is an error, as before
         fleet.submit("true", {"cpu": 2}, cluster="cpu")
     low = fleet.submit("true", {"cpu": 2}, cluster="cpu", wait=True, priority=0)
@@ -68,7 +64,7 @@ def test_queued_jobs_start_in_priority_order_when_capacity_frees_up(fleet: Fleet
 def test_a_queued_job_past_its_deadline_fails_and_a_stopped_one_never_runs(fleet: Fleet, tmp_path: Path) -> None:
     wait_idle(fleet)
     release = tmp_path / "release"
-    blocker = fleet.submit(_until_file(release), {"cpu": 2}, cluster="cpu")
+    blocker = fleet.submit(until_file(release), {"cpu": 2}, cluster="cpu")
     try:
         poll(lambda: blocker.status() is JobState.RUNNING, timeout=60)
         late = fleet.submit("true", {"cpu": 2}, cluster="cpu", wait=0.5)

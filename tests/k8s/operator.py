@@ -57,6 +57,7 @@ from kubernetes.utils.quantity import parse_quantity
 from rayfleet.errors import PortInUseError
 from rayfleet.provisioning.local import FIRST_BASE, PORT_BLOCK, LocalClusterSpec, LocalFleet, ports_of
 from rayfleet.resources import ACCELERATOR_PREFIX
+from tests.polling import poll
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayclusters"
 ANNOTATION = "test.rayfleet.io/"
@@ -385,18 +386,19 @@ class KubeRayTestOperator:
 
     def wait_for(self, name: str, *states: str, namespace: str = "default", timeout: float = 120.0) -> ManagedCluster:
         """Poll until the cluster of ``namespace/name`` is in one of ``states``; AssertionError after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def seen() -> str:
             mc = self.cluster(name, namespace)
-            if mc is not None and mc.state in states:
-                return mc
-            if time.monotonic() > deadline:
-                seen = f"{mc.states}; {mc.error}" if mc else "never seen"
-                raise AssertionError(
-                    f"RayCluster {namespace}/{name} not in {states} within {timeout} s: {seen}; "
-                    f"operator errors: {self.errors[-3:]}"
-                )
-            time.sleep(0.05)
+            state = f"{mc.states}; {mc.error}" if mc else "never seen"
+            return f"RayCluster {namespace}/{name} not in {states} within {timeout} s: {state}; " + (
+                f"operator errors: {self.errors[-3:]}"
+            )
+
+        def ready() -> ManagedCluster | None:
+            mc = self.cluster(name, namespace)
+            return mc if mc is not None and mc.state in states else None
+
+        return poll(ready, timeout=timeout, interval=0.05, describe=seen)
 
     # -- the watch loop
 

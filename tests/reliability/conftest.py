@@ -43,11 +43,6 @@ def marker(path: Path, then: str = "") -> str:
     return f'python -c "{code}"' + (f" && {then}" if then else "")
 
 
-def until_file(path: Path) -> str:
-    """A command that runs until ``path`` exists (the test decides when it ends)."""
-    return f"python -c \"import os, time\nwhile not os.path.exists('{path}'): time.sleep(0.1)\""
-
-
 def started(path: Path) -> list[str]:
     """The submission ids whose command started (one line each time a command started)."""
     return path.read_text().split() if path.exists() else []

@@ -22,8 +22,8 @@ from rayfleet import Cluster, Fleet, LocalClusterSpec, LocalFleet
 from rayfleet.errors import RayfleetError
 from rayfleet.ledger import Ledger
 from rayfleet.states import JobState
-from tests.polling import poll
-from tests.reliability.conftest import drive, dump, ledger_matches_ray, marker, started, until_file
+from tests.polling import poll, until_file
+from tests.reliability.conftest import drive, dump, ledger_matches_ray, marker, started
 
 pytestmark = pytest.mark.integration
 
