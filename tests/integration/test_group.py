@@ -204,6 +204,8 @@ def test_stopping_a_member_before_the_decision_withdraws_the_whole_group(
         ("member 1", True),
         ("dispatcher", True),
     ), decision
-    assert states == [JobState.FAILED, JobState.STOPPED], logs(group)
+    # member 0 withdraws itself on seeing the abort (FAILED), or the dispatcher stops it first (STOPPED)
+    assert states[1] == JobState.STOPPED and states[0] in (JobState.FAILED, JobState.STOPPED), (states, logs(group))
     assert [starts(m) for m in markers] == [[], []]
-    assert GROUP_ABORTED_MARKER in group.members[0].logs()
+    if states[0] == JobState.FAILED:
+        assert GROUP_ABORTED_MARKER in group.members[0].logs()
