@@ -6,10 +6,16 @@ request cannot use: for each shape, all of the node's idle GPU counts if the sha
 GPU), else only the idle part of the GPUs with less free than the shape needs. A request goes to the node (and, when
 it shares a GPU, to the GPU) whose fragmentation grows least.
 
-rayfleet adds one term: GPUs *stranded* for lack of CPU. The mix's GPU requests bring a typical number of CPUs per
-GPU; a node's idle GPUs beyond what its free CPUs can feed at that ratio are stranded, whatever the next request is.
-FGD sees this only once a whole typical shape stops fitting; counting it as it builds up keeps CPU-hungry requests off
-CPU-poor nodes. On the Alibaba trace it cuts unallocated GPUs from 4.7% to 4.2% (docs/placement_quality.md).
+rayfleet adds two things to it (docs/placement_quality.md has the measurements):
+
+- GPUs *stranded* for lack of CPU. The mix's GPU requests bring a typical number of CPUs per GPU; a node's idle GPUs
+  beyond what its free CPUs can feed at that ratio are stranded, whatever the next request is. FGD sees this only once
+  a whole typical shape stops fitting; counting it as it builds up keeps CPU-hungry requests off CPU-poor nodes
+  (Alibaba trace: 4.7% -> 4.2% unallocated).
+- A *lookahead* on shared GPUs, between choices the measure scores alike: the gap a sharing request leaves on a GPU
+  is worth what the mix can still fill of it. ``Fragmentation.waste[f]`` is the least idle milli a GPU with ``f`` free
+  can end with if only the mix's shapes come (a 190 gap next to an 810 request stays 190 unless a 160 comes); the
+  choice whose gap loses least of that goes first (4.2% -> 4.06%).
 
 One `NodeState` holds a cluster's free capacity with per-GPU detail (milli-GPU per device, as integers so that
 fits are exact); `Fragmentation` scores candidate placements on it in numpy, with per-node caches that the replay
@@ -42,6 +48,8 @@ from rayfleet.resources import ACCELERATOR_PREFIX, Resources
 MILLI = 1000  # a whole GPU, in milli-GPU
 COVERAGE = 0.95  # the typical mix: the most frequent shapes covering 95% of requests (the paper's setting)
 STRAND_WEIGHT = 1.5  # how much a milli-GPU stranded for lack of CPU counts against one fragmented (see `rank`)
+RANK_LEVELS = 30  # `rank` cuts 30 x sigmoid(-growth) to an integer: growths within ~0.13 GPU tie, then the lookahead
+FULL_CPU_WEIGHT = 0.75  # `rank`'s last key, how full the node is: 3/4 the CPUs left, 1/4 the GPUs (`leftover`)
 
 
 @dataclass(frozen=True)
@@ -270,16 +278,18 @@ class Candidates:
         gpu_value: free milli of the GPU a sharing request would take there (1000 for whole GPUs, 0 for none).
         growth: fragmentation after minus before, in milli-GPU (lower is better): the paper's measure.
         stranding: GPU stranded for lack of CPU after minus before, in milli-GPU (`Fragmentation.stranded`).
+        lookahead: for a sharing request, `Fragmentation.waste` of the GPU's gap after minus before (0 otherwise).
     """
 
     node: np.ndarray
     gpu_value: np.ndarray
     growth: np.ndarray
     stranding: np.ndarray
+    lookahead: np.ndarray
 
     def score(self, left: np.ndarray) -> np.ndarray:
-        """rayfleet's `rank` of each candidate, given the best-fit leftover of its node."""
-        return rank(self.growth + STRAND_WEIGHT * self.stranding, left)
+        """rayfleet's `rank` of each candidate, given how full its node would be (`leftover`, lower is fuller)."""
+        return rank(self.growth + STRAND_WEIGHT * self.stranding, left, self.lookahead)
 
 
 @dataclass(frozen=True)
@@ -323,6 +333,7 @@ class Fragmentation:
             if s.accelerators:
                 access[:, j] = [m in s.accelerators for m in self.models] + [False]
         self._access = access
+        self.waste = least_waste(sorted({s.gpu_milli for s, _ in gpu}))
 
     # ----- the measure ----------------------------------------------------------------------------------------------
 
@@ -411,14 +422,15 @@ class Fragmentation:
         grown = self.value(count_after, below_after, idle_after, cpu_after, model, memory_after) - frag[pick]
         cpu_before = state.cpu[rows][pick]
         stranding = self.stranded(idle_after, cpu_after) - self.stranded(idle[pick], cpu_before)
-        return Candidates(rows[pick], before, grown, stranding)
+        lookahead = self.waste[after] - self.waste[before] if shape.sharing else np.zeros(len(pick))
+        return Candidates(rows[pick], before, grown, stranding, lookahead)
 
     def best(self, state: NodeState, shape: Shape, rows: np.ndarray) -> Choice | None:
         """The best candidate by `Candidates.score`, then the lowest node index."""
         if not len(rows):
             return None
         c = self.candidates(state, shape, rows)
-        score = c.score(leftover(state, c.node, shape))
+        score = c.score(leftover(state, c.node, shape, FULL_CPU_WEIGHT))
         i = int(np.lexsort((c.node, score))[0])
         return Choice(int(c.node[i]), int(c.gpu_value[i]), float(c.growth[i]))
 
@@ -432,19 +444,46 @@ def fgd_score(growth: np.ndarray) -> np.ndarray:
     return np.floor(100.0 / (1.0 + np.exp(np.clip(growth / MILLI, -700.0, 700.0))) + 1e-9)
 
 
-def rank(growth: np.ndarray, left: np.ndarray) -> np.ndarray:
-    """One float per candidate, lower is better: ``100 - fgd_score(growth)``, then the best-fit leftover (below 1).
+def rank(growth: np.ndarray, left: np.ndarray, lookahead: np.ndarray | None = None) -> np.ndarray:
+    """One float per candidate, lower is better, three keys in one number:
+
+    1. the fragmentation growth, cut coarse: ``RANK_LEVELS - int(RANK_LEVELS x sigmoid(-growth in GPUs))``;
+    2. the lookahead (milli-GPU, -1000..1000): what the mix could still fill of the gap is lost;
+    3. the leftover (below 1): fuller nodes first.
 
     rayfleet passes ``growth + STRAND_WEIGHT x stranding`` (`Candidates.score`); the paper's FGD is the growth alone.
     """
-    return (100.0 - fgd_score(growth)) + np.clip(left, 0.0, 0.999)
+    primary = RANK_LEVELS - np.floor(RANK_LEVELS / (1.0 + np.exp(np.clip(growth / MILLI, -700.0, 700.0))) + 1e-9)
+    ahead = np.zeros(np.shape(growth)) if lookahead is None else np.clip(np.rint(lookahead), -MILLI, MILLI)
+    return primary + (ahead + MILLI + np.clip(left, 0.0, 0.999)) / (2 * MILLI + 1)
 
 
-def leftover(state: NodeState, nodes: np.ndarray, shape: Shape) -> np.ndarray:
-    """The paper's best-fit measure (lower is fuller): half the CPU and half the GPU left, over 128 CPUs and 8 GPUs."""
+def leftover(state: NodeState, nodes: np.ndarray, shape: Shape, cpu_weight: float = 0.5) -> np.ndarray:
+    """The paper's best-fit measure (lower is fuller): half the CPU and half the GPU left, over 128 CPUs and 8 GPUs.
+
+    ``cpu_weight`` changes the halves (rayfleet's `rank` uses `FULL_CPU_WEIGHT`)."""
     cpu_left = (state.cpu[nodes] - shape.cpu_milli) / (128 * MILLI)
     gpu_left = (state.gpus[nodes].sum(axis=1) - shape.total_gpu_milli) / (8 * MILLI)
-    return 0.5 * cpu_left + 0.5 * gpu_left
+    return cpu_weight * cpu_left + (1.0 - cpu_weight) * gpu_left
+
+
+def least_waste(sizes: Sequence[int]) -> np.ndarray:
+    """Per free milli f of one GPU (0..1000): the least idle milli it can be left with if only requests of ``sizes``
+    (milli-GPU each, any number of them) come: f itself if none fits, else the best of what each one leaves.
+
+    Example:
+        >>> w = least_waste([160, 470, 810])
+        >>> int(w[190]), int(w[530]), int(w[1000])  # 160 -> 30; three 160s -> 50 (470 would leave 60); 810 + 160
+        (30, 50, 30)
+    """
+    waste = np.arange(MILLI + 1, dtype=np.int64)
+    usable = sorted({int(m) for m in sizes if 0 < m <= MILLI})
+    for f in range(1, MILLI + 1):
+        for m in usable:
+            if m > f:
+                break
+            waste[f] = min(waste[f], waste[f - m])
+    return waste
 
 
 def best_fit_gpu(state: NodeState, node: int, shape: Shape) -> int:
@@ -535,7 +574,7 @@ def live_growth(
     # a row place() found fitting with no candidate (the packing assumption was wrong): rank it after all others
     out = np.full(state.size, 101.0)
     if len(c.node):
-        np.minimum.at(out, c.node, c.score(leftover(state, c.node, shape)))
+        np.minimum.at(out, c.node, c.score(leftover(state, c.node, shape, FULL_CPU_WEIGHT)))
     return out
 
 

@@ -18,6 +18,7 @@ from rayfleet.placement.fragmentation import (
     RequestMix,
     Shape,
     fgd_score,
+    least_waste,
     leftover,
     live_growth,
     mix_from_config,
@@ -153,6 +154,26 @@ def test_a_whole_gpu_request_keeps_the_untouched_node_whole_for_multi_gpu_reques
     state.take(2, WHOLE_1, MILLI)  # node 2 has one whole GPU left
     frag = Fragmentation(RequestMix.of({Shape(1000, 1000, 2): 1, WHOLE_1: 1}), state.models)
     assert frag.best(state, WHOLE_1, np.array([0, 1, 2])).node == 2
+
+
+def test_least_waste_is_what_the_mix_can_leave_of_a_gap_at_best():
+    w = least_waste([160, 470, 810])
+    assert (w[100], w[190], w[530], w[1000]) == (100, 30, 50, 30)  # nothing fits; 160; three 160s; 810 + 160
+    assert all(w[f] <= f and all(w[f] <= w[f - m] for m in (160, 470, 810) if m <= f) for f in range(1001))
+    assert list(least_waste([])) == list(range(1001))
+
+
+def test_the_lookahead_keeps_a_gap_the_mix_fills_when_the_measure_ties():
+    # node 0: a GPU with 530 free; node 1 (fuller): a GPU with 470 free, exactly a typical request's size
+    mix = RequestMix.of({Shape(1000, 470, 1): 3, Shape(1000, 320, 1): 2, Shape(1000, 160, 1): 1, WHOLE_1: 4})
+    state = NodeState.empty([8000, 4000], [0, 0], [1, 1], ["T4", "T4"])
+    state.gpus[:, 0] = [530, 470]
+    frag = Fragmentation(mix, state.models)
+    request = Shape(1000, 320, 1)
+    c = frag.candidates(state, request, np.array([0, 1]))
+    np.testing.assert_array_equal(fgd_score(c.growth), [50, 50])  # the paper's score ties, best fit takes node 1
+    np.testing.assert_array_equal(c.lookahead, [0, 150])  # 530 -> 210 (a 160 fills it to 50); 470 -> 150 for good
+    assert frag.best(state, request, np.array([0, 1])).node == 0
 
 
 def test_fgd_score_is_the_papers_integer_sigmoid():
