@@ -8,6 +8,7 @@ or from ``/api/v0/nodes`` when a key is new, and are cached.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import threading
@@ -55,6 +56,7 @@ class ClusterSnapshot:
         ray_version: the cluster's Ray version, when known.
         session_name: the cluster's Ray session; a restarted head has a new one.
         autoscaler: the autoscaler's report (pending launches, pending and failed nodes), raw.
+        node_ips: each node's address from its ``node:<ip>`` resource ("" when unknown), in row order.
     """
 
     cluster: str
@@ -70,12 +72,27 @@ class ClusterSnapshot:
     ray_version: str | None = None
     session_name: str | None = None
     autoscaler: Mapping[str, Any] = field(default_factory=dict)
+    node_ips: tuple[str, ...] = ()
     # derived arrays computed once per reading (placement's free-after-pending-demand); not part of its value
     memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def free(self) -> np.ndarray:
         return np.maximum(self.total - self.used, 0.0)
+
+    def pin(self, node_id: str | None) -> str | None:
+        """Ray's per-node resource that pins work to ``node_id`` (``node:<ip>``), or None when that node's address is
+        unknown or shared with another node of the cluster (several nodes on one machine).
+
+        Example:
+            >>> snap = ClusterSnapshot("a", 0.0, node_ids=("n1", "n2"), node_ips=("10.0.0.1", "10.0.0.2"))
+            >>> snap.pin("n2"), ClusterSnapshot("b", 0.0, node_ids=("n1", "n2"), node_ips=("10.0.0.1",) * 2).pin("n1")
+            ('node:10.0.0.2', None)
+        """
+        if node_id is None or node_id not in self.node_ids or len(self.node_ips) != len(self.node_ids):
+            return None
+        ip = self.node_ips[self.node_ids.index(node_id)]
+        return f"node:{ip}" if ip and self.node_ips.count(ip) == 1 else None
 
     @property
     def age(self) -> float:
@@ -154,6 +171,14 @@ class ClusterSnapshot:
 _PLACEMENT_GROUP_KEY = re.compile(r"(_group_(\d+_)?[0-9a-f]{20,}|Group\d*[0-9A-Za-z]{20,})$")
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _counted(key: str) -> bool:
     return key not in IGNORED_KEYS and not key.startswith(IGNORED_PREFIXES) and not _PLACEMENT_GROUP_KEY.search(key)
 
@@ -186,10 +211,12 @@ def parse_cluster_status(
     for shape, _count in report.get("nodeTypes") or []:
         names.update({camel(k): k for k in shape})
     unknown: set[str] = set()
-    nodes = []
+    nodes, ips = [], {}
     for node_id, usage in (report.get("usageByNode") or {}).items():
         total, used = {}, {}
         for key, (node_used, node_total) in usage.items():
+            if key.startswith("node:") and _is_ip(key[len("node:") :]):
+                ips[node_id] = key[len("node:") :]
             if key.startswith(IGNORED_PREFIXES) or key in _IGNORED_RENAMED or _PLACEMENT_GROUP_KEY.search(key):
                 continue
             name = names.get(key)
@@ -206,6 +233,7 @@ def parse_cluster_status(
         sorted(nodes),
         taken_at=taken_at,
         pending=pending,
+        node_ips=tuple(ips.get(node_id, "") for node_id, _, _ in sorted(nodes)),
         report_time=status.get("time"),
         autoscaler={
             "pending_nodes": autoscaler.get("pendingNodes") or [],

@@ -355,6 +355,9 @@ class FleetConfig(BaseModel):
         placed_grace_s: an attempt recorded PLACED that its cluster still does not have after this long was never
             submitted (the process placing it died first); it is then marked FAILED and the job placed again. Keep
             it above the submit retries' bound (10 s).
+        pin_node: pin a one-bundle job to the node placement chose, through Ray's ``node:<ip>`` resource, where that
+            node's address is its own (nodes on one machine share one). None (the default): only under
+            ``policy: fragmentation``, whose node choice is what keeps its gain (docs/placement_quality.md).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -373,6 +376,7 @@ class FleetConfig(BaseModel):
     max_in_flight: int = Field(default=4, ge=1)
     fair_share: bool = False
     placed_grace_s: float = Field(default=120.0, gt=10.0)
+    pin_node: bool | None = None
 
     @field_validator("name")
     @classmethod

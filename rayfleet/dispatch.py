@@ -60,6 +60,8 @@ HOLD_REFLECT_S = 3.0
 # that count on a worker being added (autoscaler headroom, a new cluster) add the template's scale_up_s.
 DEFAULT_START_TIMEOUT_S = 3.0
 DEFAULT_RESERVATION_TIMEOUT_S = DEFAULT_START_TIMEOUT_S  # the name it had before queued and plain jobs used it
+# A job pinned to the node placement chose asks for this much of Ray's per-node node:<ip> resource (1.0 per node).
+PIN_AMOUNT = 0.001
 # policy="fragmentation" learns the typical request mix again from the ledger after this many new jobs.
 MIX_EVERY = 200
 # A managed cluster still CREATING this long after its template's ready timeout was left by a creator that crashed.
@@ -77,6 +79,7 @@ class _Target:
     detail: str | None
     bundle_nodes: tuple[str, ...] | None = None
     scale_up_s: float = 0.0
+    pin: str | None = None  # Ray's node:<ip> resource of the node placement chose, when the job is pinned to it
 
 
 @dataclass(frozen=True)
@@ -325,6 +328,15 @@ class Dispatcher:
         decision = place(sub.request(exclude), self.clusters, snapshots, self._live_holds(snapshots))
         return decision, snapshots
 
+    def _pin(self, sub: Submission, snapshot: ClusterSnapshot | None, node_id: str | None) -> str | None:
+        """The ``node:<ip>`` resource that keeps a one-bundle job on the node placement chose, or None: pinning is
+        off (``pin_node``; by default on for ``policy="fragmentation"``), the job is a gang (its strategy places its
+        bundles) or asks for nothing, or the node has no address of its own."""
+        wanted = self.config.pin_node if self.config.pin_node is not None else sub.policy == "fragmentation"
+        if not wanted or not sub.launched or sub.gang is not None or snapshot is None:
+            return None
+        return snapshot.pin(node_id)
+
     def _live_holds(self, snapshots: Mapping[str, ClusterSnapshot]) -> list[Hold]:
         now = time.time()
         with self._lock:
@@ -427,12 +439,15 @@ class Dispatcher:
             decision, snapshots = self._decide(sub, exclude)
             chosen = decision.chosen
             if chosen is not None:
+                pin = self._pin(sub, snapshots.get(chosen.cluster), chosen.node_id)
+                detail = [f"policy {sub.policy}, score {chosen.score[1]:.3f}" if chosen.score else "", f"pinned to {pin}"]
                 target = _Target(
                     chosen.cluster,
                     chosen.node_id,
                     chosen.accelerator,
-                    f"policy {sub.policy}, score {chosen.score[1]:.3f}" if chosen.score else None,
+                    ", ".join(d for d in detail[: 1 + bool(pin)] if d) or None,
                     chosen.bundle_nodes,
+                    pin=pin,
                 )
             else:
                 target = self._on_demand(sub, snapshots, exclude, history)
@@ -489,8 +504,9 @@ class Dispatcher:
             bundles, strategy = sub.gang.to_ray(target.accelerator), sub.gang.strategy
             held = list(zip(target.bundle_nodes or [None] * len(bundles), bundles, strict=True))
         elif sub.launched:  # one bundle: the launcher confirms the start (a PENDING Ray job cannot be withdrawn)
-            bundles, strategy = [sub.resources.to_ray(target.accelerator)], "STRICT_PACK"
-            held = [(target.node_id, bundles[0])]
+            bundle = sub.resources.to_ray(target.accelerator)
+            held = [(target.node_id, bundle)]
+            bundles, strategy = [{**bundle, target.pin: PIN_AMOUNT} if target.pin else bundle], "STRICT_PACK"
         else:  # needs nothing: Ray starts it at once (an empty hold still counts as a recent placement there)
             bundles, strategy, held = [], "", [(target.node_id, {})]
         if bundles:

@@ -53,6 +53,31 @@ def test_gpu_job_lands_on_the_gpu_cluster_and_gets_a_gpu(fleet: Fleet, addresses
     assert json.loads(info["metadata"]["rayfleet.resources"])["gpu"] == 1.0
 
 
+def test_the_fragmentation_policy_pins_the_node_it_chose_through_ray(
+    fleet: Fleet, ledger: Ledger, addresses: dict[str, str]
+) -> None:
+    from ray.util.state import list_placement_groups
+
+    handle = fleet.submit("python -c 'print(6 * 7)'", {"gpu": 0.5}, policy="fragmentation")
+
+    assert handle.cluster == "gpu"
+    placed = ledger.history(handle.submission_id)[0]
+    assert placed[0] is JobState.PLACED and "pinned to node:127.0.0.1" in (placed[2] or ""), placed
+    name = f"rayfleet:{handle.submission_id}"
+    # the launcher's reservation asks Ray for the node's own resource: Ray itself holds the job to that node
+    groups = poll(
+        lambda: list_placement_groups(address=addresses["gpu"], filters=[("name", "=", name)], detail=True),
+        timeout=60,
+        describe=lambda: f"no placement group {name} on the gpu cluster",
+    )
+    assert groups[0].bundles[0]["unit_resources"]["node:127.0.0.1"] == 0.001, groups[0].bundles
+    assert handle.wait(timeout=120) is JobState.SUCCEEDED
+    assert "42" in handle.logs()
+    plain = fleet.submit("true", {"cpu": 0.25})  # binpack: Ray picks the node inside the cluster, nothing pinned
+    assert "pinned" not in (ledger.history(plain.submission_id)[0][2] or "")
+    assert plain.wait(timeout=120) is JobState.SUCCEEDED
+
+
 def test_request_that_fits_nowhere_raises_with_a_reason_per_cluster_and_records_nothing(
     fleet: Fleet, ledger: Ledger
 ) -> None:

@@ -60,6 +60,15 @@ def test_parse_maps_renamed_keys_back_and_reports_what_it_could_not() -> None:
     assert snap.autoscaler["pending_launches"] == {"gpu_worker": 1}
 
 
+def test_each_node_keeps_its_address_and_a_pin_needs_one_of_its_own() -> None:
+    snap, _ = parse_cluster_status("c", PAYLOAD, {}, taken_at=0.0)
+
+    assert snap.node_ips == ("", "127.0.0.1")  # "aa" reports no node:<ip>; "node:InternalHead" is no address
+    assert (snap.pin("bb"), snap.pin("aa"), snap.pin(None), snap.pin("zz")) == ("node:127.0.0.1", None, None, None)
+    shared = ClusterSnapshot("c", 0.0, node_ids=("x", "y"), node_ips=("127.0.0.1", "127.0.0.1"))
+    assert shared.pin("x") is None  # two nodes on one machine: node:<ip> would not tell them apart
+
+
 def test_parse_uses_names_learned_earlier() -> None:
     snap, unknown = parse_cluster_status("c", PAYLOAD, {"gpuH10080Gb": "gpu_h100_80gb"}, taken_at=0.0)
 
@@ -100,3 +109,26 @@ def test_pending_placement_groups_count_as_demand_per_bundle_and_do_not_break_pl
     assert [(dict(shape), count) for shape, count in snapshot.pending] == [({"CPU": 1.0}, 2.0)]
     cpu = snapshot.keys.index("CPU")
     assert effective_free(snapshot)[:, cpu].sum() == pytest.approx(snapshot.free[:, cpu].sum() - 2.0)
+
+
+@pytest.mark.parametrize(
+    ("pin_node", "policy", "resources", "expected"),
+    [
+        (None, "fragmentation", {"gpu": 0.5}, "node:10.0.0.2"),  # the default: pinned under fragmentation only
+        (None, "binpack", {"gpu": 0.5}, None),
+        (True, "binpack", {"gpu": 0.5}, "node:10.0.0.2"),
+        (False, "fragmentation", {"gpu": 0.5}, None),
+        (None, "fragmentation", {}, None),  # asks for nothing: nothing to reserve, nothing to pin
+    ],
+)
+def test_a_job_is_pinned_to_the_chosen_node_only_when_asked_and_able(
+    tmp_path, pin_node: bool | None, policy: str, resources: dict, expected: str | None
+) -> None:
+    config = FleetConfig.build(clusters=[{"name": "a", "address": "http://127.0.0.1:9"}], pin_node=pin_node)
+    snap = ClusterSnapshot("a", 0.0, node_ids=("n1", "n2"), node_ips=("10.0.0.1", "10.0.0.2"))
+    dispatcher = Dispatcher(config, Ledger(tmp_path / "l.db"))
+    try:
+        sub = dispatcher.validate("true", resources, policy=policy)
+        assert dispatcher._pin(sub, snap, "n2") == expected
+    finally:
+        dispatcher.close()
