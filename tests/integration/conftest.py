@@ -1,4 +1,4 @@
-"""Real local Ray clusters, started once per test session and stopped by their own process ids."""
+"""Fixtures over the session's real local Ray clusters ("cpu", "gpu"; `local` in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,22 +9,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from rayfleet import Fleet, LocalClusterSpec, LocalFleet
+from rayfleet import Fleet, LocalFleet
 from rayfleet.ledger import Ledger
 from tests.polling import poll
-
-# The demo fleet of the README: "cpu" with 2 CPUs; "gpu" with 2 CPUs and 2 logical A100 GPUs.
-SPECS = (
-    LocalClusterSpec("cpu", cpus=2, memory="1GiB", labels={"kind": "cpu"}),
-    LocalClusterSpec("gpu", cpus=2, gpus=2, accelerator="A100", memory="1GiB", labels={"kind": "gpu"}),
-)
-
-
-@pytest.fixture(scope="session")
-def local() -> Iterator[LocalFleet]:
-    running = LocalFleet(SPECS, name=f"tests-{os.getpid()}")
-    with running:
-        yield running
 
 
 @pytest.fixture(scope="session")

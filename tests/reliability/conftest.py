@@ -1,36 +1,28 @@
 """Real local Ray clusters shared by the reliability tests, and helpers to follow what really ran.
 
-Two clusters ("a", "b") live for the whole package; a test module that kills a cluster starts its own third one.
+Two clusters, "a" and "b": the session's "cpu" and "gpu" clusters (`local` in tests/conftest.py) under other names
+in the tests' own fleets and ledgers. A test module that kills a cluster starts its own third one.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ray.job_submission import JobSubmissionClient
 
-from rayfleet import Cluster, Fleet, LocalClusterSpec, LocalFleet
+from rayfleet import Cluster, Fleet, LocalFleet
 from rayfleet.ledger import Ledger
 from tests.polling import poll
 
-STABLE = (LocalClusterSpec("a", cpus=2, memory="1GiB"), LocalClusterSpec("b", cpus=2, memory="1GiB"))
-
 
 @pytest.fixture(scope="package")
-def stable() -> Iterator[LocalFleet]:
-    running = LocalFleet(STABLE, name=f"rel-{os.getpid()}")
-    with running:
-        yield running
-
-
-@pytest.fixture(scope="package")
-def stable_clusters(stable: LocalFleet) -> list[Cluster]:
-    return [Cluster(name=c.name, address=c.address) for c in stable.running]
+def stable_clusters(local: LocalFleet) -> list[Cluster]:
+    """The session's two clusters, named "a" and "b" here (their names are the fleet's labels, not Ray's)."""
+    return [Cluster(name=name, address=c.address) for name, c in zip("ab", local.running, strict=True)]
 
 
 def marker(path: Path, then: str = "") -> str:

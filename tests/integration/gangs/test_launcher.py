@@ -1,21 +1,19 @@
 """The launcher around a job's entrypoint, on a real multi-node local cluster: reserve a gang, then run the command.
 
-One cluster for the module: a head with 1 CPU, and two worker nodes with 1 CPU and 1 logical A100 each.
+The package's "spread" cluster (tests/integration/gangs/conftest.py): a head with 1 CPU, and two worker nodes with
+1 CPU and 1 logical A100 each.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 from ray.util.state import list_placement_groups
 
-from rayfleet import LocalClusterSpec, LocalFleet, LocalNodeSpec
 from rayfleet.launch import (
     PACKAGE,
     RESERVATION_TIMEOUT_EXIT,
@@ -29,8 +27,6 @@ from tests.integration.conftest import poll
 
 pytestmark = pytest.mark.integration
 
-GPU_NODE = LocalNodeSpec(cpus=1, gpus=1, accelerator="A100", memory="512MiB")
-SPEC = LocalClusterSpec("launcher", cpus=1, memory="1GiB", workers=(GPU_NODE, GPU_NODE))
 A100 = {"CPU": 1, "GPU": 1, "accelerator_type:A100": 0.001}
 
 # The user's command: prints what it sees, counts its runs, and runs a task on the gang's other bundle.
@@ -58,9 +54,8 @@ print("user: placement group", g.placement_group.id.hex() == os.environ["RAYFLEE
 
 
 @pytest.fixture(scope="module")
-def address() -> Iterator[str]:
-    with LocalFleet([SPEC], name=f"launcher-{os.getpid()}") as running:
-        yield running.running[0].address
+def address(spread_address: str) -> str:
+    return spread_address
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ launcher inside the cluster, and failover when the reservation cannot be made.""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,28 +10,15 @@ from pathlib import Path
 import pytest
 from ray.job_submission import JobSubmissionClient
 
-from rayfleet import Fleet, Gang, JobState, LocalClusterSpec, LocalFleet, LocalNodeSpec, NoCapacityError, Resources
+from rayfleet import Fleet, Gang, JobState, LocalFleet, NoCapacityError, Resources
 from tests.polling import poll
 
 pytestmark = pytest.mark.integration
 
-GPU_NODE = LocalNodeSpec(cpus=1, gpus=1, accelerator="A100", memory="512MiB")
-# "spread": two GPU nodes of one GPU each; "fat": one node with two GPUs. Heads offer one CPU and no GPU.
-SPECS = (
-    LocalClusterSpec("spread", cpus=1, memory="768MiB", workers=(GPU_NODE, GPU_NODE)),
-    LocalClusterSpec("fat", cpus=1, memory="768MiB", workers=(LocalNodeSpec(cpus=2, gpus=2, accelerator="A100"),)),
-)
 SHOW_GANG = (
     "python -c \"import os, rayfleet.gang as g; print('bundles', len(g.current().bundles), "
     "'gpu', os.environ.get('CUDA_VISIBLE_DEVICES'))\""
 )
-
-
-@pytest.fixture(scope="module")
-def gang_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
-    running = LocalFleet(SPECS, name=f"gangs-{os.getpid()}", directory=tmp_path_factory.mktemp("gangs"))
-    with running:
-        yield running
 
 
 @pytest.fixture()
