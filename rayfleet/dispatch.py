@@ -440,12 +440,13 @@ class Dispatcher:
             chosen = decision.chosen
             if chosen is not None:
                 pin = self._pin(sub, snapshots.get(chosen.cluster), chosen.node_id)
-                detail = [f"policy {sub.policy}, score {chosen.score[1]:.3f}" if chosen.score else "", f"pinned to {pin}"]
+                why = [f"policy {sub.policy}, score {chosen.score[1]:.3f}"] if chosen.score else []
+                why += [f"pinned to {pin}"] if pin else []
                 target = _Target(
                     chosen.cluster,
                     chosen.node_id,
                     chosen.accelerator,
-                    ", ".join(d for d in detail[: 1 + bool(pin)] if d) or None,
+                    ", ".join(why) or None,
                     chosen.bundle_nodes,
                     pin=pin,
                 )
