@@ -35,6 +35,9 @@ Exit codes and log markers a dispatcher can rely on (a marker is a whole line of
   started: the command never ran.
 - ``rayfleet: stopped by signal <n>`` -- the job was stopped (``stop_job``); the launcher stops the command (if it
   had started) and removes the group.
+- ``rayfleet: stopped before it started`` / ``... while reserving`` and exit ``STOPPED_EXIT`` (143) -- Ray records
+  the job STOPPED although this driver runs: ``stop_job`` came while the job was PENDING, which sends no signal. The
+  command never ran (the launcher reads the job's record before reserving and before the command starts).
 - ``rayfleet: command lost`` and exit ``COMMAND_LOST_EXIT`` (77) -- the task that ran the command died (its node
   died, for instance): the command started and may or may not have finished.
 
@@ -72,6 +75,7 @@ from typing import Any
 RESERVATION_TIMEOUT_EXIT = 75  # the placement group was not ready within timeout_s; the command never ran
 LAUNCHER_ERROR_EXIT = 76  # bad spec, or a failure before the command started; the command never ran
 COMMAND_LOST_EXIT = 77  # the task running the command died; the command started
+STOPPED_EXIT = 143  # stopped (Ray's stop_job) before the command started; as for SIGTERM, 128 + 15
 
 SPEC_ENV = "RAYFLEET_GANG_SPEC"  # the gang spec (JSON), set by wrap() through runtime_env env_vars
 PLACEMENT_GROUP_ENV = "RAYFLEET_PLACEMENT_GROUP_ID"  # hex id of the reserved group, set for the user's command
@@ -267,6 +271,9 @@ def reserve_and_run(command: str, spec: Mapping[str, Any]) -> int:
     submission = _submission_id()
     name = f"rayfleet:{submission}" if submission else ""
     started = time.monotonic()
+    if _stopped_before_start(submission):
+        _say(f"{STOPPED_MARKER} before it started: nothing was reserved and the command did not run")
+        return STOPPED_EXIT
     rendezvous = None
     if spec.get("group") is not None:
         rendezvous, code = _join_group(spec["group"])
@@ -291,6 +298,10 @@ def reserve_and_run(command: str, spec: Mapping[str, Any]) -> int:
             )
             return RESERVATION_TIMEOUT_EXIT
         waited = time.monotonic() - started
+        if _stopped_before_start(submission):
+            remove_placement_group(pg)
+            _say(f"{STOPPED_MARKER} while reserving: the placement group was removed and the command did not run")
+            return STOPPED_EXIT
         _say(f"{RESERVED_MARKER} {len(bundles)} bundles ({strategy}, placement group {pg.id.hex()}, {waited:.2f} s)")
         env = dict(os.environ)
         env.update({PLACEMENT_GROUP_ENV: pg.id.hex(), BUNDLE_INDEX_ENV: str(driver), SPEC_ENV: json.dumps(spec)})
@@ -727,6 +738,25 @@ def _settle_group(pg: Any, spec: Mapping[str, Any], rendezvous: Rendezvous, star
     _say(f"{GROUP_ABORTED_MARKER}: {decision.reason} (decided by {decision.by}); the placement group was removed and "
          "the command did not run")  # fmt: skip
     return RESERVATION_TIMEOUT_EXIT
+
+
+# Ray's job record, in the GCS key-value store (ray/dashboard/modules/job/common.py, JobInfoStorageClient).
+_JOB_INFO_KEY, _JOB_INFO_NAMESPACE = "_ray_internal_job_info_{}", "job"
+
+
+def _stopped_before_start(submission: str | None) -> bool:
+    """Whether Ray already records this job STOPPED. ``stop_job`` on a job that is still PENDING (its runtime env
+    being set up) marks it STOPPED and sends no signal: the supervisor starts this driver anyway (FACTS.md). The
+    launcher checks before it reserves and before the command starts, so a job stopped early never runs."""
+    if not submission:
+        return False
+    try:
+        from ray.experimental import internal_kv
+
+        raw = internal_kv._internal_kv_get(_JOB_INFO_KEY.format(submission), namespace=_JOB_INFO_NAMESPACE)
+        return raw is not None and json.loads(raw).get("status") == "STOPPED"
+    except Exception:  # an unreadable record: the signal handler still covers a stop that comes later
+        return False
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
