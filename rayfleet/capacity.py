@@ -215,8 +215,8 @@ def parse_cluster_status(
     for node_id, usage in (report.get("usageByNode") or {}).items():
         total, used = {}, {}
         for key, (node_used, node_total) in usage.items():
-            if key.startswith("node:") and _is_ip(key[len("node:") :]):
-                ips[node_id] = key[len("node:") :]
+            if key.startswith("node:") and _is_ip(address := key.removeprefix("node:")):
+                ips[node_id] = address
             if key.startswith(IGNORED_PREFIXES) or key in _IGNORED_RENAMED or _PLACEMENT_GROUP_KEY.search(key):
                 continue
             name = names.get(key)
@@ -225,15 +225,16 @@ def parse_cluster_status(
                 name = key
             total[name], used[name] = float(node_total), float(node_used)
         nodes.append((node_id, total, used))
+    nodes.sort()  # rows in node id order
     pending = [(shape, count) for shape, count in report.get("resourceDemand") or []]
     pending += _placement_group_demand(report.get("pgDemand") or [])
     autoscaler = status.get("autoscalerReport") or {}
     snapshot = ClusterSnapshot.from_nodes(
         cluster,
-        sorted(nodes),
+        nodes,
         taken_at=taken_at,
         pending=pending,
-        node_ips=tuple(ips.get(node_id, "") for node_id, _, _ in sorted(nodes)),
+        node_ips=tuple(ips.get(node_id, "") for node_id, _, _ in nodes),
         report_time=status.get("time"),
         autoscaler={
             "pending_nodes": autoscaler.get("pendingNodes") or [],

@@ -20,7 +20,7 @@ from collections import Counter
 import numpy as np
 from scipy.optimize import linprog
 
-from benchmarks._common import command, emit, loadavg, machine, source, utc_now
+from benchmarks._common import emit, header, loadavg
 from benchmarks.placement_quality.run import seeds_arg
 from benchmarks.placement_quality.trace import arrival_order, load_nodes, load_pods
 from rayfleet.placement.fragmentation import MILLI
@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=seeds_arg, default=list(range(42, 52)))
     parser.add_argument("--out", default="placement_quality_bound")
     args = parser.parse_args()
-    capacity = load_nodes().gpu_milli
+    load, capacity = loadavg(), load_nodes().gpu_milli
     per_seed = {}
     for seed in args.seeds:
         sharing, whole = arrived_by_full(args.trace, seed, capacity)
@@ -99,11 +99,7 @@ def main() -> None:
     emit(
         args.out,
         {
-            "command": command(),
-            "date": utc_now(),
-            "machine": machine(),
-            "source": source(),
-            "loadavg": loadavg(),
+            **header("placement_quality_bound", load),
             "params": {"trace": args.trace, "seeds": args.seeds},
             "results": {"per_seed": per_seed, "mean_bound_pct": round(float(np.mean(bounds)), 3)},
         },

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rayfleet.placement.fragmentation import (
-    FULL_CPU_WEIGHT,
     LIVE_MIX,
     MILLI,
     Fragmentation,
@@ -150,7 +149,7 @@ class Replayer:
             pick = order[first]
             return c.node[pick], [self.tie_order[c.node[pick]], -score[pick]], c.gpu_value[pick]
         # fragmentation: rayfleet's rank, per node its best GPU, ties to the lowest index
-        score = c.score(leftover(state, c.node, shape, FULL_CPU_WEIGHT))
+        score = c.score(state, shape)
         order = np.lexsort((c.node, score, c.node))
         first = np.ones(len(order), dtype=bool)
         first[1:] = c.node[order][1:] != c.node[order][:-1]

@@ -287,8 +287,9 @@ class Candidates:
     stranding: np.ndarray
     lookahead: np.ndarray
 
-    def score(self, left: np.ndarray) -> np.ndarray:
-        """rayfleet's `rank` of each candidate, given how full its node would be (`leftover`, lower is fuller)."""
+    def score(self, state: NodeState, shape: Shape) -> np.ndarray:
+        """rayfleet's `rank` of each candidate of ``shape`` on ``state``."""
+        left = leftover(state, self.node, shape, FULL_CPU_WEIGHT)
         return rank(self.growth + STRAND_WEIGHT * self.stranding, left, self.lookahead)
 
 
@@ -430,18 +431,19 @@ class Fragmentation:
         if not len(rows):
             return None
         c = self.candidates(state, shape, rows)
-        score = c.score(leftover(state, c.node, shape, FULL_CPU_WEIGHT))
+        score = c.score(state, shape)
         i = int(np.lexsort((c.node, score))[0])
         return Choice(int(c.node[i]), int(c.gpu_value[i]), float(c.growth[i]))
 
 
-def fgd_score(growth: np.ndarray) -> np.ndarray:
-    """The FGD paper's node score: ``int(100 x sigmoid(-growth in GPUs))``, 0..100, higher is better.
+def fgd_score(growth: np.ndarray, levels: int = 100) -> np.ndarray:
+    """The FGD paper's node score: ``int(100 x sigmoid(-growth in GPUs))``, 0..100, higher is better (``levels``
+    replaces the 100: `rank` cuts coarser).
 
     The integer cut matters: growths within a few hundredths of a GPU tie, and the tie-break then packs (the paper's
     simulator breaks ties in one fixed node order; rayfleet breaks them by best fit).
     """
-    return np.floor(100.0 / (1.0 + np.exp(np.clip(growth / MILLI, -700.0, 700.0))) + 1e-9)
+    return np.floor(levels / (1.0 + np.exp(np.clip(growth / MILLI, -700.0, 700.0))) + 1e-9)
 
 
 def rank(growth: np.ndarray, left: np.ndarray, lookahead: np.ndarray | None = None) -> np.ndarray:
@@ -453,7 +455,7 @@ def rank(growth: np.ndarray, left: np.ndarray, lookahead: np.ndarray | None = No
 
     rayfleet passes ``growth + STRAND_WEIGHT x stranding`` (`Candidates.score`); the paper's FGD is the growth alone.
     """
-    primary = RANK_LEVELS - np.floor(RANK_LEVELS / (1.0 + np.exp(np.clip(growth / MILLI, -700.0, 700.0))) + 1e-9)
+    primary = RANK_LEVELS - fgd_score(growth, RANK_LEVELS)
     ahead = np.zeros(np.shape(growth)) if lookahead is None else np.clip(np.rint(lookahead), -MILLI, MILLI)
     return primary + (ahead + MILLI + np.clip(left, 0.0, 0.999)) / (2 * MILLI + 1)
 
@@ -574,7 +576,7 @@ def live_growth(
     # a row place() found fitting with no candidate (the packing assumption was wrong): rank it after all others
     out = np.full(state.size, 101.0)
     if len(c.node):
-        np.minimum.at(out, c.node, c.score(leftover(state, c.node, shape, FULL_CPU_WEIGHT)))
+        np.minimum.at(out, c.node, c.score(state, shape))
     return out
 
 
