@@ -24,6 +24,7 @@ from benchmarks._common import emit, header, loadavg
 from benchmarks.placement_quality.run import seeds_arg
 from benchmarks.placement_quality.trace import arrival_order, load_nodes, load_pods
 from rayfleet.placement.fragmentation import MILLI
+from rayfleet.placement.packing import best_filling
 
 
 def arrived_by_full(trace: str, seed: int, capacity: int) -> tuple[Counter[int], int]:
@@ -42,24 +43,6 @@ def arrived_by_full(trace: str, seed: int, capacity: int) -> tuple[Counter[int],
     return sharing, whole
 
 
-def best_pattern(values: np.ndarray, sizes: list[int], counts: list[int]) -> tuple[float, np.ndarray]:
-    """The filling of one GPU (how many pods of each size, at most ``counts``, within 1000 milli) of highest value."""
-    best = np.full(MILLI + 1, -np.inf)
-    best[0] = 0.0
-    took = np.zeros((MILLI + 1, len(sizes)), dtype=np.int64)
-    for i, size in enumerate(sizes):
-        if values[i] <= 0:
-            continue
-        for _ in range(min(counts[i], MILLI // size)):  # one copy at a time: bounded knapsack
-            for c in range(MILLI, size - 1, -1):
-                if best[c - size] + values[i] > best[c] + 1e-9:
-                    best[c] = best[c - size] + values[i]
-                    took[c] = took[c - size]
-                    took[c, i] += 1
-    c = int(np.argmax(best))
-    return float(best[c]), took[c]
-
-
 def most_allocated(sizes: list[int], counts: list[int], whole: int, gpus: int) -> float:
     """The LP relaxation's most milli-GPU allocated: whole GPUs (up to ``whole``) and GPUs filled with sharing pods
     (at most ``counts`` of each of ``sizes``), ``gpus`` GPUs in all."""
@@ -74,7 +57,8 @@ def most_allocated(sizes: list[int], counts: list[int], whole: int, gpus: int) -
         limits = np.concatenate([[gpus], counts])
         solved = linprog(objective, A_ub=rows, b_ub=limits, bounds=[(0, None)] * n + [(0, whole)], method="highs")
         duals = -solved.ineqlin.marginals  # >= 0: the price of one GPU, then of one pod of each size
-        value, pattern = best_pattern(size - duals[1:], sizes, counts)
+        limits = np.minimum(counts, MILLI // np.asarray(sizes))
+        value, pattern = best_filling(size - duals[1:], np.asarray(sizes), limits)
         if value <= duals[0] + 1e-6:
             return float(-solved.fun)
         patterns.append(pattern.astype(float))

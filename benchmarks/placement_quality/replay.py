@@ -7,8 +7,8 @@ Policies (all score with rayfleet's own code in `rayfleet.placement`):
   a sharing pod on the least free GPU that holds it.
 - ``fgd``: the paper's FGD as its simulator scores it: `fragmentation.fgd_score` per node and GPU (an integer, so
   close growths tie).
-- ``fragmentation``: rayfleet's policy, `fragmentation.Candidates.score`: the growth plus the GPU stranded for lack
-  of CPU (cut coarse), then the lookahead on the shared GPU's gap, then the fullest node, then the lowest index.
+- ``fragmentation``: rayfleet's policy, `fragmentation.Candidates.score`: the packing plan for a shared GPU, then the
+  growth plus the GPU stranded for lack of CPU (cut coarse), then the fullest node, then the lowest index.
   Deterministic.
 
 ``bestfit`` and ``fgd`` break ties between nodes in one random node order per seed ("node tie order is randomised"):

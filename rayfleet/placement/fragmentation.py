@@ -12,15 +12,16 @@ rayfleet adds two things to it (docs/placement_quality.md has the measurements):
   beyond what its free CPUs can feed at that ratio are stranded, whatever the next request is. FGD sees this only once
   a whole typical shape stops fitting; counting it as it builds up keeps CPU-hungry requests off CPU-poor nodes
   (Alibaba trace: 4.7% -> 4.2% unallocated).
-- A *lookahead* on shared GPUs, between choices the measure scores alike: the gap a sharing request leaves on a GPU
-  is worth what the mix can still fill of it. ``Fragmentation.waste[f]`` is the least idle milli a GPU with ``f`` free
-  can end with if only the mix's shapes come (a 190 gap next to an 810 request stays 190 unless a 160 comes); the
-  choice whose gap loses least of that goes first (4.2% -> 4.06%).
+- A *packing plan* for shared GPUs (`rayfleet.placement.packing`): the cutting-stock LP over the mix's sharing
+  sizes says which fillings of one GPU pack them best (470 + 470, 650 + 320, 810 + 160, ...). A sharing request goes
+  first to a shared GPU it completes as planned, then to a whole GPU, then off the plan; the measure ranks within
+  each (4.2% -> 3.95%; it also replaced a lookahead on the gap's least possible waste, which reached 4.07%).
 
 One `NodeState` holds a cluster's free capacity with per-GPU detail (milli-GPU per device, as integers so that
 fits are exact); `Fragmentation` scores candidate placements on it in numpy, with per-node caches that the replay
 updates incrementally. The live policy (``policy="fragmentation"``) builds a `NodeState` from a snapshot's rows, where
-Ray reports only a node's total free GPU, so it assumes fractional GPUs are packed (see `NodeState.from_rows`).
+Ray reports only a node's total free GPU, so it assumes fractional GPUs are packed (see `NodeState.from_rows`) and
+uses the packing plan only where that is exact (nodes of at most one GPU).
 
 Example:
     >>> mix = RequestMix.of({Shape(cpu_milli=4000, gpu_milli=500, gpus=1): 1.0})
@@ -43,12 +44,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rayfleet.placement.packing import OFF_PLAN, PackingPlan
 from rayfleet.resources import ACCELERATOR_PREFIX, Resources
 
 MILLI = 1000  # a whole GPU, in milli-GPU
 COVERAGE = 0.95  # the typical mix: the most frequent shapes covering 95% of requests (the paper's setting)
 STRAND_WEIGHT = 1.5  # how much a milli-GPU stranded for lack of CPU counts against one fragmented (see `rank`)
-RANK_LEVELS = 30  # `rank` cuts 30 x sigmoid(-growth) to an integer: growths within ~0.13 GPU tie, then the lookahead
+RANK_LEVELS = 30  # `rank` cuts 30 x sigmoid(-growth) to an integer: growths within ~0.13 GPU tie, then fullness
 FULL_CPU_WEIGHT = 0.75  # `rank`'s last key, how full the node is: 3/4 the CPUs left, 1/4 the GPUs (`leftover`)
 
 
@@ -176,6 +178,7 @@ class NodeState:
         gpus: free milli-GPU of each GPU, sorted descending per node, shape (n, max GPUs); absent GPUs hold 0.
         model: index into ``models`` of each node's GPU model, -1 for none.
         models: the GPU model names.
+        per_gpu: each GPU's free share is known (not assumed from a node's total, see `from_rows`).
     """
 
     cpu: np.ndarray
@@ -183,6 +186,7 @@ class NodeState:
     gpus: np.ndarray
     model: np.ndarray
     models: tuple[str, ...]
+    per_gpu: bool = True
 
     @property
     def size(self) -> int:
@@ -210,7 +214,8 @@ class NodeState:
         """The state of snapshot rows (Ray resource names as ``keys``).
 
         Ray reports a node's total free GPU, not each GPU's; this assumes fractional use is packed: ``floor(free)``
-        whole GPUs, one GPU with the fractional rest, and the others taken.
+        whole GPUs, one GPU with the fractional rest, and the others taken. That is exact only where no node has more
+        than one GPU (``per_gpu``).
         """
         col = {k: i for i, k in enumerate(keys)}
         n = free.shape[0]
@@ -231,7 +236,8 @@ class NodeState:
         for m, name in enumerate(names):
             model[column(ACCELERATOR_PREFIX + name, total) > 0] = m
         cpu = np.rint(column("CPU", free) * MILLI).astype(np.int64)
-        return cls(cpu, np.floor(column("memory", free)).astype(np.int64), grid, model, names)
+        memory = np.floor(column("memory", free)).astype(np.int64)
+        return cls(cpu, memory, grid, model, names, per_gpu=bool((gpu_total <= 1).all()))
 
     def model_mask(self, allowed: frozenset[str]) -> np.ndarray:
         """Which nodes have a GPU model in ``allowed`` (every node when ``allowed`` is empty)."""
@@ -278,19 +284,19 @@ class Candidates:
         gpu_value: free milli of the GPU a sharing request would take there (1000 for whole GPUs, 0 for none).
         growth: fragmentation after minus before, in milli-GPU (lower is better): the paper's measure.
         stranding: GPU stranded for lack of CPU after minus before, in milli-GPU (`Fragmentation.stranded`).
-        lookahead: for a sharing request, `Fragmentation.waste` of the GPU's gap after minus before (0 otherwise).
+        plan: for a sharing request, `PackingPlan.kind` of the GPU it takes (planned partner, whole, off plan); else 0.
     """
 
     node: np.ndarray
     gpu_value: np.ndarray
     growth: np.ndarray
     stranding: np.ndarray
-    lookahead: np.ndarray
+    plan: np.ndarray
 
     def score(self, state: NodeState, shape: Shape) -> np.ndarray:
         """rayfleet's `rank` of each candidate of ``shape`` on ``state``."""
         left = leftover(state, self.node, shape, FULL_CPU_WEIGHT)
-        return rank(self.growth + STRAND_WEIGHT * self.stranding, left, self.lookahead)
+        return rank(self.growth + STRAND_WEIGHT * self.stranding, left, self.plan)
 
 
 @dataclass(frozen=True)
@@ -334,7 +340,11 @@ class Fragmentation:
             if s.accelerators:
                 access[:, j] = [m in s.accelerators for m in self.models] + [False]
         self._access = access
-        self.waste = least_waste(sorted({s.gpu_milli for s, _ in gpu}))
+        frequency: Counter[int] = Counter()
+        for s, w in gpu:
+            if s.sharing:
+                frequency[s.gpu_milli] += w
+        self.plan = PackingPlan.of(frequency)
 
     # ----- the measure ----------------------------------------------------------------------------------------------
 
@@ -423,8 +433,9 @@ class Fragmentation:
         grown = self.value(count_after, below_after, idle_after, cpu_after, model, memory_after) - frag[pick]
         cpu_before = state.cpu[rows][pick]
         stranding = self.stranded(idle_after, cpu_after) - self.stranded(idle[pick], cpu_before)
-        lookahead = self.waste[after] - self.waste[before] if shape.sharing else np.zeros(len(pick))
-        return Candidates(rows[pick], before, grown, stranding, lookahead)
+        planned = shape.sharing and self.plan is not None and state.per_gpu  # the plan needs each GPU's share
+        plan = self.plan.kind(before, shape.gpu_milli) if planned else np.zeros(len(pick))
+        return Candidates(rows[pick], before, grown, stranding, plan)
 
     def best(self, state: NodeState, shape: Shape, rows: np.ndarray) -> Choice | None:
         """The best candidate by `Candidates.score`, then the lowest node index."""
@@ -446,18 +457,21 @@ def fgd_score(growth: np.ndarray, levels: int = 100) -> np.ndarray:
     return np.floor(levels / (1.0 + np.exp(np.clip(growth / MILLI, -700.0, 700.0))) + 1e-9)
 
 
-def rank(growth: np.ndarray, left: np.ndarray, lookahead: np.ndarray | None = None) -> np.ndarray:
-    """One float per candidate, lower is better, three keys in one number:
+def rank(growth: np.ndarray, left: np.ndarray, plan: np.ndarray | None = None) -> np.ndarray:
+    """One float per candidate, lower is better (below `UNRANKED`), three keys in one number:
 
-    1. the fragmentation growth, cut coarse: ``RANK_LEVELS - int(RANK_LEVELS x sigmoid(-growth in GPUs))``;
-    2. the lookahead (milli-GPU, -1000..1000): what the mix could still fill of the gap is lost;
+    1. the packing plan (`PackingPlan.kind`: a planned partner, then a whole GPU, then off the plan);
+    2. the fragmentation growth, cut coarse: ``RANK_LEVELS - int(RANK_LEVELS x sigmoid(-growth in GPUs))``;
     3. the leftover (below 1): fuller nodes first.
 
     rayfleet passes ``growth + STRAND_WEIGHT x stranding`` (`Candidates.score`); the paper's FGD is the growth alone.
     """
     primary = RANK_LEVELS - fgd_score(growth, RANK_LEVELS)
-    ahead = np.zeros(np.shape(growth)) if lookahead is None else np.clip(np.rint(lookahead), -MILLI, MILLI)
-    return primary + (ahead + MILLI + np.clip(left, 0.0, 0.999)) / (2 * MILLI + 1)
+    first = 0 if plan is None else np.asarray(plan) * (RANK_LEVELS + 1)
+    return first + primary + np.clip(left, 0.0, 0.999)
+
+
+UNRANKED = (OFF_PLAN + 1) * (RANK_LEVELS + 1)  # above every `rank`
 
 
 def leftover(state: NodeState, nodes: np.ndarray, shape: Shape, cpu_weight: float = 0.5) -> np.ndarray:
@@ -467,25 +481,6 @@ def leftover(state: NodeState, nodes: np.ndarray, shape: Shape, cpu_weight: floa
     cpu_left = (state.cpu[nodes] - shape.cpu_milli) / (128 * MILLI)
     gpu_left = (state.gpus[nodes].sum(axis=1) - shape.total_gpu_milli) / (8 * MILLI)
     return cpu_weight * cpu_left + (1.0 - cpu_weight) * gpu_left
-
-
-def least_waste(sizes: Sequence[int]) -> np.ndarray:
-    """Per free milli f of one GPU (0..1000): the least idle milli it can be left with if only requests of ``sizes``
-    (milli-GPU each, any number of them) come: f itself if none fits, else the best of what each one leaves.
-
-    Example:
-        >>> w = least_waste([160, 470, 810])
-        >>> int(w[190]), int(w[530]), int(w[1000])  # 160 -> 30; three 160s -> 50 (470 would leave 60); 810 + 160
-        (30, 50, 30)
-    """
-    waste = np.arange(MILLI + 1, dtype=np.int64)
-    usable = sorted({int(m) for m in sizes if 0 < m <= MILLI})
-    for f in range(1, MILLI + 1):
-        for m in usable:
-            if m > f:
-                break
-            waste[f] = min(waste[f], waste[f - m])
-    return waste
 
 
 def best_fit_gpu(state: NodeState, node: int, shape: Shape) -> int:
@@ -574,7 +569,7 @@ def live_growth(
     frag = _measure(LIVE_MIX.get() or RequestMix.of({shape: 1.0}), state.models)
     c = frag.candidates(state, shape, np.arange(state.size))
     # a row place() found fitting with no candidate (the packing assumption was wrong): rank it after all others
-    out = np.full(state.size, 101.0)
+    out = np.full(state.size, float(UNRANKED))
     if len(c.node):
         np.minimum.at(out, c.node, c.score(state, shape))
     return out

@@ -18,11 +18,11 @@ from rayfleet.placement.fragmentation import (
     RequestMix,
     Shape,
     fgd_score,
-    least_waste,
     leftover,
     live_growth,
     mix_from_config,
     mix_from_requests,
+    rank,
 )
 from rayfleet.resources import Resources
 
@@ -156,24 +156,39 @@ def test_a_whole_gpu_request_keeps_the_untouched_node_whole_for_multi_gpu_reques
     assert frag.best(state, WHOLE_1, np.array([0, 1, 2])).node == 2
 
 
-def test_least_waste_is_what_the_mix_can_leave_of_a_gap_at_best():
-    w = least_waste([160, 470, 810])
-    assert (w[100], w[190], w[530], w[1000]) == (100, 30, 50, 30)  # nothing fits; 160; three 160s; 810 + 160
-    assert all(w[f] <= f and all(w[f] <= w[f - m] for m in (160, 470, 810) if m <= f) for f in range(1001))
-    assert list(least_waste([])) == list(range(1001))
+def test_sharing_requests_follow_the_packing_plan_into_fewer_gpus():
+    # the plan pairs 470 with 470 and 650 with 320; best fit alone puts the first 470 beside the 320 (its least free
+    # GPU that holds it) and needs a third GPU for the 650
+    mix = RequestMix.of({Shape(1000, 470, 1): 2, Shape(1000, 650, 1): 1, Shape(1000, 320, 1): 1, WHOLE_1: 2})
+    used = {}
+    for planned in (True, False):
+        state = NodeState.empty([32000], [0], [4], ["T4"])
+        frag = Fragmentation(mix, state.models)
+        if not planned:
+            frag.plan = None
+        for milli in (320, 470, 470, 650):
+            shape = Shape(1000, milli, 1)
+            choice = frag.best(state, shape, np.flatnonzero(state.fits(shape)))
+            state.take(choice.node, shape, choice.gpu_value)
+        used[planned] = sorted(state.gpus[0].tolist())
+    assert used[True] == [30, 60, 1000, 1000]  # 650 + 320 and 470 + 470
+    assert used[False] == [210, 350, 530, 1000]
 
 
-def test_the_lookahead_keeps_a_gap_the_mix_fills_when_the_measure_ties():
-    # node 0: a GPU with 530 free; node 1 (fuller): a GPU with 470 free, exactly a typical request's size
-    mix = RequestMix.of({Shape(1000, 470, 1): 3, Shape(1000, 320, 1): 2, Shape(1000, 160, 1): 1, WHOLE_1: 4})
-    state = NodeState.empty([8000, 4000], [0, 0], [1, 1], ["T4", "T4"])
-    state.gpus[:, 0] = [530, 470]
-    frag = Fragmentation(mix, state.models)
-    request = Shape(1000, 320, 1)
-    c = frag.candidates(state, request, np.array([0, 1]))
-    np.testing.assert_array_equal(fgd_score(c.growth), [50, 50])  # the paper's score ties, best fit takes node 1
-    np.testing.assert_array_equal(c.lookahead, [0, 150])  # 530 -> 210 (a 160 fills it to 50); 470 -> 150 for good
-    assert frag.best(state, request, np.array([0, 1])).node == 0
+def test_the_plan_ranks_before_the_measure_and_fullness():
+    growth, left = np.array([900.0, 0.0, -900.0]), np.array([0.9, 0.5, 0.0])
+    assert np.argsort(rank(growth, left, np.array([0, 1, 2]))).tolist() == [0, 1, 2]
+    assert np.argsort(rank(growth, left)).tolist() == [2, 1, 0]
+
+
+def test_candidates_carry_the_plan_kind_of_the_gpu_they_take():
+    mix = RequestMix.of({Shape(1000, 470, 1): 2, Shape(1000, 650, 1): 1, Shape(1000, 320, 1): 1})
+    state = NodeState.empty([8000] * 3, [0] * 3, [1] * 3, ["T4"] * 3)
+    state.gpus[:, 0] = [350, 530, 1000]  # a 650 waits for its 320; a 470 waits for a 470; a whole GPU
+    c = Fragmentation(mix, state.models).candidates(state, Shape(1000, 320, 1), np.arange(3))
+    np.testing.assert_array_equal(c.plan, [0, 2, 1])  # planned, off plan, whole
+    c = Fragmentation(mix, state.models).candidates(state, WHOLE_1, np.array([2]))
+    np.testing.assert_array_equal(c.plan, [0])  # whole-GPU requests are not planned
 
 
 def test_fgd_score_is_the_papers_integer_sigmoid():
@@ -211,6 +226,24 @@ def test_snapshot_rows_become_packed_gpus():
     np.testing.assert_array_equal(state.gpus, [[1000, 300, 0, 0], [1000, 1000, 1000, 1000]])
     assert state.cpu.tolist() == [14000, 16000]
     assert state.models == ("T4",)
+    assert not state.per_gpu  # n1's 0.7 free could be 0.35 on each GPU
+
+
+def test_the_live_policy_follows_the_packing_plan_only_where_each_gpus_share_is_known():
+    mix = RequestMix.of({Shape(1000, 470, 1): 2, Shape(1000, 650, 1): 1, Shape(1000, 320, 1): 1})
+    request = Shape(1000, 320, 1)
+    used = [{"GPU": 0.65}, {"GPU": 0.47}, {}]  # a 650 waits for its 320; a 470 for a 470; idle
+    one = [(f"n{i}", gpu_node(1), u) for i, u in enumerate(used)]
+    snap = ClusterSnapshot.from_nodes("a", one)
+    state = NodeState.from_rows(snap.free, snap.total, snap.keys)
+    assert state.per_gpu
+    c = Fragmentation(mix, state.models).candidates(state, request, np.arange(3))
+    np.testing.assert_array_equal(c.plan, [0, 2, 1])  # beside its planned 650, off the plan, a whole GPU
+    two = [(f"n{i}", gpu_node(2), u) for i, u in enumerate(used[:2])]
+    snap = ClusterSnapshot.from_nodes("b", two)
+    state = NodeState.from_rows(snap.free, snap.total, snap.keys)
+    c = Fragmentation(mix, state.models).candidates(state, request, np.arange(2))
+    assert not state.per_gpu and not c.plan.any()  # 1.35 free might be 0.675 on each GPU: no plan
 
 
 def test_the_live_policy_picks_the_cluster_whose_best_node_it_fragments_least():
