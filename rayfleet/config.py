@@ -248,7 +248,7 @@ class KubeRayConfig(BaseModel):
             ``status.endpoints.dashboard``), ``service_dns`` (``<name>-head-svc.<ns>.svc``, from inside the cluster),
             ``url_template`` (an ingress or load balancer) or ``port_forward`` (a laptop).
         url_template: for ``url_template``: e.g. ``https://{name}.ray.example.com`` ({name}, {namespace}, {port}).
-        max_clusters: at most this many managed clusters at once.
+        max_clusters: at most this many managed clusters at once, those being created included.
         max_gpus: at most this many GPUs over all managed clusters (counted at each template's maximum).
         templates: what it may create.
     """
@@ -299,7 +299,8 @@ class LocalProvisionerConfig(BaseModel):
     Attributes:
         name: the provisioner's name.
         directory: where the clusters it owns keep their state (default: under the local-fleet directory).
-        max_clusters: at most this many at once (each costs ~0.6 GiB and a few seconds to start).
+        max_clusters: at most this many at once, those being created included (each costs ~0.6 GiB and a few
+            seconds to start).
         max_gpus: at most this many logical GPUs over all of them (counted at each template's maximum).
         templates: what it may create.
     """

@@ -643,9 +643,11 @@ class Dispatcher:
             )
             if all(self._clusters[h.cluster].labels.get(k) == v for k, v in sub.labels.items())
         ]
+        live = self.ledger.managed()  # CREATING or READY, by this process or another: a creation under way counts
         states = []
         for provisioner in self._provisioners.values():
-            mine = [t for n, t in managed.items() if self._managed[n].provisioner == provisioner.name]
+            kinds = {t.name: t for t in provisioner.templates}
+            mine = [kinds[r.template] for r in live if r.provisioner == provisioner.name and r.template in kinds]
             states.append(
                 ProvisionerState(
                     provisioner.name,
@@ -709,13 +711,21 @@ class Dispatcher:
         template = _template(provisioner, creation.template)
         for _ in range(3):
             name = provisioner.new_name(template)
-            self.ledger.add_managed(
+            recorded = self.ledger.add_managed(
                 name,
                 provisioner=provisioner.name,
                 template=template.name,
                 namespace=provisioner.namespace,
                 idle_ttl_s=template.idle_ttl_s,
+                cap=provisioner.max_clusters,
             )
+            if not recorded:  # another thread or process took the last slot since the plan was made
+                raise ProvisioningError(
+                    f"provisioner {provisioner.name} is at its cap of {provisioner.max_clusters} clusters "
+                    "(counting those being created)",
+                    "wait for one to become idle and be deleted, or raise max_clusters",
+                    provisioner=provisioner.name,
+                )
             managed = ManagedCluster(name, provisioner.name, template.name, provisioner.namespace, time.time())
             try:
                 provisioner.create(template, name)

@@ -401,14 +401,36 @@ class Ledger:
 
     # ----- managed clusters and saved logs -------------------------------------------------------------------------
 
-    def add_managed(self, name: str, *, provisioner: str, template: str, namespace: str, idle_ttl_s: float) -> None:
-        """Record a cluster about to be created (CREATING): before the infrastructure is asked, so none is lost."""
+    def add_managed(
+        self,
+        name: str,
+        *,
+        provisioner: str,
+        template: str,
+        namespace: str,
+        idle_ttl_s: float,
+        cap: int | None = None,
+    ) -> bool:
+        """Record a cluster about to be created (CREATING): before the infrastructure is asked, so none is lost.
+
+        With ``cap``, only while ``provisioner`` has fewer than ``cap`` clusters CREATING or READY, counted in the same
+        transaction, so two threads or processes creating at once cannot both pass the cap. Returns whether it was
+        recorded.
+        """
         with self._tx() as tx:
+            if cap is not None:
+                (live,) = tx.execute(
+                    "SELECT COUNT(*) FROM managed_clusters WHERE provisioner = ? AND state IN ('CREATING', 'READY')",
+                    (provisioner,),
+                ).fetchone()
+                if live >= cap:
+                    return False
             tx.execute(
                 "INSERT INTO managed_clusters (name, provisioner, template, namespace, state, idle_ttl_s, created_at) "
                 "VALUES (?, ?, ?, ?, 'CREATING', ?, ?)",
                 (name, provisioner, template, namespace, idle_ttl_s, time.time()),
             )
+            return True
 
     def update_managed(self, name: str, **fields: Any) -> None:
         """Change a managed cluster's state, address, labels, last_busy_at, ended_at or detail."""

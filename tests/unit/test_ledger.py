@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import sqlite3
 import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -454,3 +456,32 @@ def test_children_are_the_jobs_submitted_from_inside_a_job(ledger):
 def test_an_attempt_keeps_the_ray_session_it_was_submitted_into(ledger):
     add(ledger, attempt_extra={"session": "session_2026_x"})
     assert ledger.job("j1").attempts[0].session == "session_2026_x"
+
+
+def test_add_managed_with_a_cap_counts_clusters_being_created_and_ready(ledger):
+    record = dict(provisioner="k", template="t", namespace="ml", idle_ttl_s=60, cap=2)
+    assert ledger.add_managed("c1", **record)
+    assert ledger.add_managed("c2", **record)
+    assert not ledger.add_managed("c3", **record)  # c1 CREATING and c2 CREATING fill the cap
+    assert ledger.add_managed("other", **{**record, "provisioner": "p"})  # caps are per provisioner
+    ledger.update_managed("c1", state="FAILED")
+    assert ledger.add_managed("c3", **record)
+    assert [c.name for c in ledger.managed()] == ["c2", "other", "c3"]
+
+
+def test_two_creators_at_once_cannot_both_pass_the_cap(path):
+    ledgers = [Ledger(path) for _ in range(6)]  # one connection each, as separate processes have
+    start = threading.Barrier(len(ledgers))
+
+    def create(i: int) -> bool:
+        start.wait()
+        return ledgers[i].add_managed(f"c{i}", provisioner="k", template="t", namespace="ml", idle_ttl_s=60, cap=1)
+
+    try:
+        with ThreadPoolExecutor(len(ledgers)) as pool:
+            recorded = list(pool.map(create, range(len(ledgers))))
+        assert recorded.count(True) == 1
+        assert len(ledgers[0].managed()) == 1
+    finally:
+        for ledger in ledgers:
+            ledger.close()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from rayfleet import Gang, Resources
+from rayfleet import Fleet, Gang, Resources
 from rayfleet.capacity import ClusterSnapshot
+from rayfleet.config import FleetConfig
+from rayfleet.errors import NoCapacityError
+from rayfleet.ledger import Ledger
 from rayfleet.placement.provision import (
     ProvisionerState,
     creations,
@@ -136,3 +139,29 @@ def test_gang_creations_price_every_bundle_and_respect_the_caps():
     assert options[0].price == pytest.approx(4.0)
     capped = gang_creations(GANG2, [state(AUTO_A100, clusters=3)])
     assert not capped[0].fits and "cap of 3 clusters" in capped[0].reason
+
+
+def test_a_creation_under_way_elsewhere_counts_against_the_cap(tmp_path):
+    # another process has recorded a cluster it is creating (CREATING, not READY): at max_clusters 1, this fleet must
+    # not start a second one, and says why
+    config = FleetConfig.build(
+        name="cap",
+        provisioners=[
+            {
+                "kind": "local",
+                "directory": str(tmp_path / "clusters"),
+                "max_clusters": 1,
+                "templates": [{"name": "gen", "mode": "autoscaled", "workers": [{"name": "g", "cpu": 1, "gpu": 1}]}],
+            }
+        ],
+    )
+    other = Ledger(tmp_path / "ledger.db")
+    assert other.add_managed("elsewhere", provisioner="local", template="gen", namespace="", idle_ttl_s=60, cap=1)
+    with (
+        Fleet(config=config, ledger=Ledger(tmp_path / "ledger.db")) as fleet,
+        pytest.raises(NoCapacityError, match="at its cap of 1 clusters"),
+    ):
+        fleet.submit("true", {"gpu": 1})
+    # recorded before any creation, so no record means nothing was created
+    assert [(c.name, c.state) for c in other.managed(live_only=False)] == [("elsewhere", "CREATING")]
+    other.close()
