@@ -643,11 +643,12 @@ class Dispatcher:
             )
             if all(self._clusters[h.cluster].labels.get(k) == v for k, v in sub.labels.items())
         ]
+        self._expire_abandoned_creations()
         live = self.ledger.managed()  # CREATING or READY, by this process or another: a creation under way counts
         states = []
         for provisioner in self._provisioners.values():
             kinds = {t.name: t for t in provisioner.templates}
-            mine = [kinds[r.template] for r in live if r.provisioner == provisioner.name and r.template in kinds]
+            mine = [r for r in live if r.provisioner == provisioner.name]
             states.append(
                 ProvisionerState(
                     provisioner.name,
@@ -655,7 +656,7 @@ class Dispatcher:
                     provisioner.max_clusters,
                     provisioner.max_gpus,
                     len(mine),
-                    sum(t.total_gpus() for t in mine),
+                    sum(kinds[r.template].total_gpus() for r in mine if r.template in kinds),  # removed ones: unknown
                 )
             )
         made = [
@@ -737,6 +738,13 @@ class Dispatcher:
                 with contextlib.suppress(ProvisioningError):
                     provisioner.delete(managed)
                 raise
+            except Exception as e:  # not the provisioner's own error (a bug, a full disk): still leave nothing behind
+                self.ledger.update_managed(
+                    name, state="FAILED", ended_at=time.time(), detail=f"{type(e).__name__}: {e}"
+                )
+                with contextlib.suppress(Exception):
+                    provisioner.delete(managed)
+                raise
             now = time.time()
             self.ledger.update_managed(
                 name, state="READY", address=cluster.address, labels=cluster.labels, ready_at=now, last_busy_at=now
@@ -810,9 +818,7 @@ class Dispatcher:
                 live = record is not None and record.state in ("CREATING", "READY")
                 expired = cluster.idle_deadline is not None and cluster.idle_deadline <= now
                 if live and record is not None and record.state == "CREATING":
-                    template = next((t for t in provisioner.templates if t.name == record.template), None)
-                    limit = (template.ready_timeout_s if template else 600.0) + CREATING_MARGIN_S
-                    if now - record.created_at < limit:
+                    if now - record.created_at < self._creation_limit(record):
                         continue  # another process may be creating it right now
                     live = False  # its creator stopped waiting long ago: it crashed
                     self.ledger.update_managed(cluster.name, state="FAILED", ended_at=now, detail="creator gone")
@@ -826,6 +832,20 @@ class Dispatcher:
                         self.ledger.update_managed(cluster.name, state="DELETED", ended_at=now, detail="gc")
                 deleted.append(cluster.name)
         return deleted
+
+    def _creation_limit(self, record: ManagedClusterRecord) -> float:
+        """How long after its record a creation may still be under way: its template's ready timeout and a margin."""
+        provisioner = self._provisioners.get(record.provisioner)
+        template = next((t for t in provisioner.templates if t.name == record.template), None) if provisioner else None
+        return (template.ready_timeout_s if template else 600.0) + CREATING_MARGIN_S
+
+    def _expire_abandoned_creations(self) -> None:
+        """Mark FAILED the CREATING records whose creator stopped waiting long ago (it crashed), so that they stop
+        counting against ``max_clusters``; `gc` deletes whatever of such a cluster exists."""
+        now = time.time()
+        for record in self.ledger.managed():
+            if record.state == "CREATING" and now - record.created_at >= self._creation_limit(record):
+                self.ledger.update_managed(record.name, state="FAILED", ended_at=now, detail="creator gone")
 
     def retire(self, name: str) -> None:
         """Save the logs of the cluster's jobs, delete it, and forget it."""

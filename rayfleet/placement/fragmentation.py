@@ -15,7 +15,7 @@ rayfleet adds two things to it (docs/placement_quality.md has the measurements):
 - A *packing plan* for shared GPUs (`rayfleet.placement.packing`): the cutting-stock LP over the mix's sharing
   sizes says which fillings of one GPU pack them best (470 + 470, 650 + 320, 810 + 160, ...). A sharing request goes
   first to a shared GPU it completes as planned, then to a whole GPU, then off the plan; the measure ranks within
-  each (4.2% -> 3.95%; it also replaced a lookahead on the gap's least possible waste, which reached 4.07%).
+  each (4.2% -> 3.89%; it also replaced a lookahead on the gap's least possible waste, which reached 4.07%).
 
 One `NodeState` holds a cluster's free capacity with per-GPU detail (milli-GPU per device, as integers so that
 fits are exact); `Fragmentation` scores candidate placements on it in numpy, with per-node caches that the replay
@@ -36,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import threading
 from collections import Counter
@@ -44,8 +45,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rayfleet.placement.packing import OFF_PLAN, PackingPlan
+from rayfleet.placement.packing import OFF_PLAN, WHOLE, PackingPlan
 from rayfleet.resources import ACCELERATOR_PREFIX, Resources
+
+log = logging.getLogger(__name__)
 
 MILLI = 1000  # a whole GPU, in milli-GPU
 COVERAGE = 0.95  # the typical mix: the most frequent shapes covering 95% of requests (the paper's setting)
@@ -344,7 +347,11 @@ class Fragmentation:
         for s, w in gpu:
             if s.sharing:
                 frequency[s.gpu_milli] += w
-        self.plan = PackingPlan.of(frequency)
+        try:
+            self.plan = PackingPlan.of(frequency)
+        except RuntimeError as e:  # the LP failed: place without a plan rather than not at all
+            log.warning("no packing plan for the request mix: %s", e)
+            self.plan = None
 
     # ----- the measure ----------------------------------------------------------------------------------------------
 
@@ -433,8 +440,12 @@ class Fragmentation:
         grown = self.value(count_after, below_after, idle_after, cpu_after, model, memory_after) - frag[pick]
         cpu_before = state.cpu[rows][pick]
         stranding = self.stranded(idle_after, cpu_after) - self.stranded(idle[pick], cpu_before)
-        planned = shape.sharing and self.plan is not None and state.per_gpu  # the plan needs each GPU's share
-        plan = self.plan.kind(before, shape.gpu_milli) if planned else np.zeros(len(pick))
+        if not shape.sharing or self.plan is None:
+            plan = np.zeros(len(pick))
+        elif state.per_gpu:
+            plan = self.plan.kind(before, shape.gpu_milli)
+        else:  # the plan needs each GPU's share; neutral, so that clusters scored with and without it compare fairly
+            plan = np.full(len(pick), WHOLE)
         return Candidates(rows[pick], before, grown, stranding, plan)
 
     def best(self, state: NodeState, shape: Shape, rows: np.ndarray) -> Choice | None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MILLI = 1000  # a whole GPU, in milli-GPU
+SLACK = 2  # milli: a GPU's free share read from a snapshot may be off by rounding (3 x 1/3 is 3 x 333, not 1000)
 PLANNED, WHOLE, OFF_PLAN = 0, 1, 2  # `PackingPlan.kind`: lower goes first
 
 
@@ -39,24 +40,28 @@ class PackingPlan:
         sizes: the sharing sizes planned for (milli-GPU, largest first).
         patterns: the LP's fillings in use, each as ((size, count), ...).
         share: how many GPUs of each pattern the LP uses, per request of the mix (same order as ``patterns``).
-        joins: ``joins[f, k]``: a GPU with ``f`` milli free may take ``sizes[k]`` and stay inside a planned pattern.
+        joins: ``joins[f, k]``: a GPU with ``f`` milli free (give or take `SLACK`) has used what a part of a planned
+            pattern uses, and that pattern has room for one more ``sizes[k]`` besides it.
     """
 
     sizes: tuple[int, ...]
     patterns: tuple[tuple[tuple[int, int], ...], ...]
     share: tuple[float, ...]
-    joins: np.ndarray = field(repr=False)
+    joins: np.ndarray = field(repr=False, compare=False)
 
     @classmethod
     def of(cls, frequency: Mapping[int, float]) -> PackingPlan | None:
         """The plan for sharing sizes (milli-GPU, 1..999) that come with the given frequencies; ``None`` if none."""
-        demand = {int(s): float(w) for s, w in frequency.items() if 0 < s < MILLI and w > 0}
+        demand: dict[int, float] = {}
+        for s, w in frequency.items():
+            if 0 < int(s) < MILLI and w > 0:
+                demand[int(s)] = demand.get(int(s), 0.0) + float(w)
         if not demand:
             return None
         sizes = sorted(demand, reverse=True)
         total = sum(demand.values())
         x, patterns = fewest_gpus(sizes, [demand[s] / total for s in sizes])
-        used = [(float(v), p) for v, p in zip(x, patterns, strict=True) if v > 1e-9 * x.sum()]
+        used = [(float(v), p) for v, p in zip(x, patterns, strict=True) if v > 1e-6 * x.sum()]
         filled = tuple(tuple((s, int(n)) for s, n in zip(sizes, p, strict=True) if n) for _, p in used)
         return cls(tuple(sizes), filled, tuple(v for v, _ in used), _joins(sizes, filled))
 
@@ -122,7 +127,8 @@ def best_filling(values: np.ndarray, sizes: np.ndarray, limits: np.ndarray) -> t
 
 
 def _joins(sizes: Sequence[int], patterns: Sequence[tuple[tuple[int, int], ...]]) -> np.ndarray:
-    """``joins[f, k]``: some pattern holds a part summing to ``1000 - f`` and, besides it, one more ``sizes[k]``."""
+    """``joins[f, k]``: some pattern holds a part summing to ``1000 - f`` (within `SLACK`) and, besides it, one more
+    ``sizes[k]``. Read-only."""
     joins = np.zeros((MILLI + 1, len(sizes)), dtype=bool)
     index = {s: k for k, s in enumerate(sizes)}
     for pattern in patterns:
@@ -131,4 +137,9 @@ def _joins(sizes: Sequence[int], patterns: Sequence[tuple[tuple[int, int], ...]]
             for (s, n), m in zip(pattern, part, strict=True):
                 if m < n:
                     joins[MILLI - used, index[s]] = True
-    return joins
+    near = joins.copy()
+    for d in range(1, SLACK + 1):
+        near[d:] |= joins[:-d]
+        near[:-d] |= joins[d:]
+    near.flags.writeable = False
+    return near

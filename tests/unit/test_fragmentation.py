@@ -243,7 +243,8 @@ def test_the_live_policy_follows_the_packing_plan_only_where_each_gpus_share_is_
     snap = ClusterSnapshot.from_nodes("b", two)
     state = NodeState.from_rows(snap.free, snap.total, snap.keys)
     c = Fragmentation(mix, state.models).candidates(state, request, np.arange(2))
-    assert not state.per_gpu and not c.plan.any()  # 1.35 free might be 0.675 on each GPU: no plan
+    assert not state.per_gpu  # 1.35 free might be 0.675 on each GPU: no plan, every choice neutral (as a whole GPU)
+    assert len(c.plan) == 4 and (c.plan == 1).all()
 
 
 def test_the_live_policy_picks_the_cluster_whose_best_node_it_fragments_least():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from rayfleet import Fleet, Gang, Resources
@@ -141,10 +143,8 @@ def test_gang_creations_price_every_bundle_and_respect_the_caps():
     assert not capped[0].fits and "cap of 3 clusters" in capped[0].reason
 
 
-def test_a_creation_under_way_elsewhere_counts_against_the_cap(tmp_path):
-    # another process has recorded a cluster it is creating (CREATING, not READY): at max_clusters 1, this fleet must
-    # not start a second one, and says why
-    config = FleetConfig.build(
+def cap_of_one(tmp_path):
+    return FleetConfig.build(
         name="cap",
         provisioners=[
             {
@@ -155,13 +155,32 @@ def test_a_creation_under_way_elsewhere_counts_against_the_cap(tmp_path):
             }
         ],
     )
+
+
+def test_a_creation_under_way_elsewhere_counts_against_the_cap(tmp_path):
+    # another process has recorded a cluster it is creating (CREATING, not READY): at max_clusters 1, this fleet must
+    # not start a second one, and says why
     other = Ledger(tmp_path / "ledger.db")
     assert other.add_managed("elsewhere", provisioner="local", template="gen", namespace="", idle_ttl_s=60, cap=1)
     with (
-        Fleet(config=config, ledger=Ledger(tmp_path / "ledger.db")) as fleet,
+        Fleet(config=cap_of_one(tmp_path), ledger=Ledger(tmp_path / "ledger.db")) as fleet,
         pytest.raises(NoCapacityError, match="at its cap of 1 clusters"),
     ):
         fleet.submit("true", {"gpu": 1})
     # recorded before any creation, so no record means nothing was created
     assert [(c.name, c.state) for c in other.managed(live_only=False)] == [("elsewhere", "CREATING")]
+    other.close()
+
+
+def test_a_creation_abandoned_long_ago_frees_its_place_under_the_cap(tmp_path):
+    path = tmp_path / "ledger.db"
+    other = Ledger(path)
+    assert other.add_managed("crashed", provisioner="local", template="gen", namespace="", idle_ttl_s=60, cap=1)
+    with sqlite3.connect(path) as conn:  # its creator died an hour ago, past any ready timeout
+        conn.execute("UPDATE managed_clusters SET created_at = created_at - 3600")
+    with Fleet(config=cap_of_one(tmp_path), ledger=Ledger(path)) as fleet:
+        _, made = fleet.plan({"gpu": 1})
+    assert [(c.template, c.fits) for c in made] == [("gen", True)]
+    [record] = other.managed(live_only=False)
+    assert (record.state, record.detail) == ("FAILED", "creator gone")
     other.close()
