@@ -643,8 +643,7 @@ class Dispatcher:
             )
             if all(self._clusters[h.cluster].labels.get(k) == v for k, v in sub.labels.items())
         ]
-        self._expire_abandoned_creations()
-        live = self.ledger.managed()  # CREATING or READY, by this process or another: a creation under way counts
+        live = self._live_managed()  # by this process or another: a creation under way counts
         states = []
         for provisioner in self._provisioners.values():
             kinds = {t.name: t for t in provisioner.templates}
@@ -812,23 +811,20 @@ class Dispatcher:
         """
         deleted = []
         now = time.time()
+        live = {r.name: r for r in self._live_managed()}  # abandoned creations are FAILED now: not live
         for provisioner in self._provisioners.values():
             for cluster in provisioner.owned():
-                record = self.ledger.managed_record(cluster.name)
-                live = record is not None and record.state in ("CREATING", "READY")
+                record = live.get(cluster.name)
+                if record is not None and record.state == "CREATING":
+                    continue  # another process may be creating it right now
                 expired = cluster.idle_deadline is not None and cluster.idle_deadline <= now
-                if live and record is not None and record.state == "CREATING":
-                    if now - record.created_at < self._creation_limit(record):
-                        continue  # another process may be creating it right now
-                    live = False  # its creator stopped waiting long ago: it crashed
-                    self.ledger.update_managed(cluster.name, state="FAILED", ended_at=now, detail="creator gone")
-                if not (everything or expired or not live):
+                if not (everything or expired or record is None):
                     continue
-                if live and cluster.name in self._managed:
+                if record is not None and cluster.name in self._managed:
                     self.retire(cluster.name)
                 else:
                     provisioner.delete(cluster)
-                    if record is not None:
+                    if self.ledger.managed_record(cluster.name) is not None:
                         self.ledger.update_managed(cluster.name, state="DELETED", ended_at=now, detail="gc")
                 deleted.append(cluster.name)
         return deleted
@@ -839,13 +835,17 @@ class Dispatcher:
         template = next((t for t in provisioner.templates if t.name == record.template), None) if provisioner else None
         return (template.ready_timeout_s if template else 600.0) + CREATING_MARGIN_S
 
-    def _expire_abandoned_creations(self) -> None:
-        """Mark FAILED the CREATING records whose creator stopped waiting long ago (it crashed), so that they stop
-        counting against ``max_clusters``; `gc` deletes whatever of such a cluster exists."""
-        now = time.time()
+    def _live_managed(self) -> list[ManagedClusterRecord]:
+        """The managed clusters CREATING or READY, read once. A CREATING record whose creator stopped waiting long ago
+        (it crashed) is marked FAILED on the way and left out, so it stops counting against ``max_clusters``; `gc`
+        deletes whatever of such a cluster exists."""
+        now, live = time.time(), []
         for record in self.ledger.managed():
             if record.state == "CREATING" and now - record.created_at >= self._creation_limit(record):
                 self.ledger.update_managed(record.name, state="FAILED", ended_at=now, detail="creator gone")
+            else:
+                live.append(record)
+        return live
 
     def retire(self, name: str) -> None:
         """Save the logs of the cluster's jobs, delete it, and forget it."""

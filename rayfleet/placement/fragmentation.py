@@ -45,12 +45,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rayfleet.placement.packing import OFF_PLAN, WHOLE, PackingPlan
+from rayfleet.placement.packing import MILLI, OFF_PLAN, WHOLE, PackingPlan
 from rayfleet.resources import ACCELERATOR_PREFIX, Resources
 
 log = logging.getLogger(__name__)
 
-MILLI = 1000  # a whole GPU, in milli-GPU
 COVERAGE = 0.95  # the typical mix: the most frequent shapes covering 95% of requests (the paper's setting)
 STRAND_WEIGHT = 1.5  # how much a milli-GPU stranded for lack of CPU counts against one fragmented (see `rank`)
 RANK_LEVELS = 30  # `rank` cuts 30 x sigmoid(-growth) to an integer: growths within ~0.13 GPU tie, then fullness
