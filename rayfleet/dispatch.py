@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayfleet import launch
+from rayfleet import faults, launch
 from rayfleet.backends.ray_jobs import RayJobs
 from rayfleet.capacity import ClusterSnapshot, Prober
 from rayfleet.config import FLEET_ENV, POLICIES, Cluster, FleetConfig
@@ -31,7 +31,7 @@ from rayfleet.errors import (
     RayfleetError,
     UnknownClusterError,
 )
-from rayfleet.ledger import AttemptConflict, AttemptRecord, JobRecord, Ledger, ManagedClusterRecord
+from rayfleet.ledger import AttemptConflict, AttemptRecord, JobRecord, Ledger, ManagedClusterRecord, NewCluster
 from rayfleet.placement import Decision, Hold, PlacementRequest, place
 from rayfleet.placement.fragmentation import refresh_live_mix
 from rayfleet.placement.provision import (
@@ -66,6 +66,10 @@ PIN_AMOUNT = 0.001
 MIX_EVERY = 200
 # A managed cluster still CREATING this long after its template's ready timeout was left by a creator that crashed.
 CREATING_MARGIN_S = 60.0
+# A cluster recorded CREATING whose provisioner has not been asked this long after the record was left by a creator
+# that stopped in between (crashed, or paused): the loop asks in its place. Asking twice is harmless (the second ask
+# finds the cluster, as a retry would), so this only keeps the loop from racing a creator that is about to ask.
+ASK_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -168,9 +172,15 @@ class _Outcome:
     """How a placement turn ended."""
 
     submitted: bool
-    in_ledger: bool  # the job has been recorded (an attempt was placed)
+    in_ledger: bool  # the job has been recorded (an attempt was placed, or it waits for a new cluster)
     decision: Decision | None = None
     conflict: bool = False  # another process placed (or stopped) the job first
+    provisioning: str | None = None  # the cluster being created for it: the loop places it there once ready
+
+    @property
+    def settled(self) -> bool:
+        """Whether the job is on its way: submitted, or waiting for its new cluster."""
+        return self.submitted or self.provisioning is not None
 
 
 class Dispatcher:
@@ -394,18 +404,20 @@ class Dispatcher:
     # ----- submission ---------------------------------------------------------------------------------------------
 
     def submit(self, sub: Submission) -> str:
-        """Place and submit; returns the job id once a cluster has accepted it and the ledger has recorded it.
+        """Place and submit; returns the job id once a cluster has accepted it and the ledger has recorded it, or once
+        the job and a cluster to be created for it are recorded (PROVISIONING): it never waits for a creation.
 
         The ledger records the chosen cluster before the submission leaves, under a submission id made here, so a
         retry (or a process that restarts) can tell whether Ray has it: "already exists" means it does. A
         submission that provably did not reach its cluster is marked FAILED and the next-best cluster is tried.
-        When nothing fits now, a managed autoscaling cluster's headroom is used, else a cluster is created; else a
-        job submitted with ``queue`` waits in the ledger's queue for the dispatch loop, and any other raises.
+        When nothing fits now, a managed autoscaling cluster's headroom is used, else a cluster is created (the loop,
+        `advance_creations`, places the job there when it is ready); else a job submitted with ``queue`` waits in
+        the ledger's queue for the dispatch loop, and any other raises.
         """
         job_id = f"rf-{uuid.uuid4().hex[:12]}"
         history: list[tuple[str, str]] = []
         outcome = self._place(sub, job_id, 1, frozenset(), history, in_ledger=False)
-        if outcome.submitted:
+        if outcome.settled:
             return job_id
         assert outcome.decision is not None
         error = self._no_capacity(sub, outcome.decision, history)
@@ -433,7 +445,7 @@ class Dispatcher:
         replacing_unknown: bool = False,
     ) -> _Outcome:
         """Try the best cluster, then the next ones, until one accepts attempt ``n`` (or a later one). Free capacity
-        first, then autoscaler headroom, then a new cluster."""
+        first, then autoscaler headroom, then a new cluster (recorded with the job, asked for, not waited for)."""
         decision: Decision | None = None
         for _ in range(len(self._clusters) + 2 * len(self._provisioners) + 2):
             decision, snapshots = self._decide(sub, exclude)
@@ -451,9 +463,12 @@ class Dispatcher:
                     pin=pin,
                 )
             else:
-                target = self._on_demand(sub, snapshots, exclude, history)
+                target = self._headroom(sub, snapshots, exclude)
             if target is None:
-                return _Outcome(False, in_ledger, decision)
+                if replacing_unknown:  # its UNKNOWN attempt may still run: wait for room, do not create for it
+                    return _Outcome(False, in_ledger, decision)
+                created, in_ledger = self._provision(sub, job_id, snapshots, exclude, history, in_ledger=in_ledger)
+                return _Outcome(False, in_ledger, decision, provisioning=created)
             try:
                 reached = self._submit_attempt(
                     sub, job_id, n, target, snapshots.get(target.cluster), history,
@@ -541,6 +556,7 @@ class Dispatcher:
             self._drop_hold(target.cluster)
             self.ledger.record(submission_id, JobState.FAILED, f"refused: {e.message}")
             raise
+        faults.point("attempt.submitted")
         self.ledger.record(submission_id, JobState.SUBMITTED)
         self._last_ok[target.cluster] = time.time()
         if target.cluster in self._managed:
@@ -557,20 +573,21 @@ class Dispatcher:
         self, job_id: str, sub: Submission, *, attempt: Mapping[str, Any] | None = None, detail: str | None = None
     ) -> None:
         """Record a new job: with its first attempt PLACED, or QUEUED (``detail`` says why)."""
+        self.ledger.add_job(job_id, **self._job_fields(sub), attempt=attempt, detail=detail)
+
+    def _job_fields(self, sub: Submission) -> dict[str, Any]:
+        """What the ledger keeps of a new job (besides its first state)."""
         self._since_mix += 1
         if self._since_mix >= MIX_EVERY and not self.config.fragmentation_mix:
             self._since_mix = 0
             self._learn_mix()
-        self.ledger.add_job(
-            job_id,
-            entrypoint=sub.entrypoint,
-            request=sub.to_json(),
-            runtime_env=sub.runtime_env,
-            metadata=sub.metadata,
-            parent_id=sub.parent_id,
-            attempt=attempt,
-            detail=detail,
-        )
+        return {
+            "entrypoint": sub.entrypoint,
+            "request": sub.to_json(),
+            "runtime_env": sub.runtime_env,
+            "metadata": sub.metadata,
+            "parent_id": sub.parent_id,
+        }
 
     @contextlib.contextmanager
     def _slot(self, cluster: str) -> Iterator[None]:
@@ -609,7 +626,7 @@ class Dispatcher:
                 continue
             sub = Submission.from_job(job)
             outcome = self._place(sub, job.id, len(job.attempts) + 1, frozenset(), [], in_ledger=True)
-            if outcome.submitted:
+            if outcome.settled:
                 placed.append(job.id)
                 active[job.owner] = active.get(job.owner, 0) + 1
         return placed
@@ -669,110 +686,251 @@ class Dispatcher:
         ]
         return room, sorted(made, key=lambda c: (not c.fits, c.price, c.workers, c.provisioner, c.template))
 
-    def _on_demand(
+    def _headroom(
+        self, sub: Submission, snapshots: Mapping[str, ClusterSnapshot], exclude: frozenset[str]
+    ) -> _Target | None:
+        """A managed autoscaling cluster whose autoscaler can add a worker for the job, if one can."""
+        room, _ = self.provision_plan(sub, snapshots, exclude)
+        option = next((h for h in room if h.fits), None)
+        if option is None:
+            return None
+        return _Target(
+            option.cluster,
+            None,
+            option.accelerator,
+            f"autoscaler headroom: {option.reason}",
+            scale_up_s=self._managed_templates()[option.cluster].scale_up_s,  # the start waits for a worker to join
+        )
+
+    def _provision(
         self,
         sub: Submission,
+        job_id: str,
         snapshots: Mapping[str, ClusterSnapshot],
         exclude: frozenset[str],
         history: list[tuple[str, str]],
-    ) -> _Target | None:
-        room, made = self.provision_plan(sub, snapshots, exclude)
-        managed = self._managed_templates(exclude)
-        for option in room:
-            if option.fits:
-                return _Target(
-                    option.cluster,
-                    None,
-                    option.accelerator,
-                    f"autoscaler headroom: {option.reason}",
-                    scale_up_s=managed[option.cluster].scale_up_s,  # the start waits for a worker to join
-                )
+        *,
+        in_ledger: bool,
+    ) -> tuple[str | None, bool]:
+        """Begin creating a cluster for the job from the best template that can hold it: the job (PROVISIONING) and
+        the cluster (CREATING) are recorded in one transaction, then the provisioner is asked; nothing waits for the
+        cluster. Returns (the cluster's name, or None if no template could be used; whether the job is recorded)."""
+        job = None if in_ledger else self._job_fields(sub)
+        for record in self._live_managed():  # a creation under way whose template holds it: wait for that one
+            if record.state != "CREATING" or record.name in exclude or self._holds_job(sub, record) is None:
+                continue
+            detail = f"waiting for new cluster {record.name} from template {record.template}, being created"
+            try:
+                if self.ledger.add_provisioning(job_id, record.name, detail, job=job):
+                    return record.name, True
+            except AttemptConflict:
+                return None, True
+        _, made = self.provision_plan(sub, snapshots, exclude)
         for creation in made:
             if not creation.fits:
                 continue
-            try:
-                cluster = self._create(creation)
-            except ProvisioningError as e:
-                history.append((f"{creation.provisioner}/{creation.template}", e.message))
-                continue
-            template = _template(self._provisioners[creation.provisioner], creation.template)
-            return _Target(
-                cluster.name,
-                None,
-                creation.accelerator,
-                f"new cluster from template {creation.template}: {creation.reason}",
-                scale_up_s=template.scale_up_s if creation.workers else 0.0,  # its workers start from the minimum
-            )
-        return None
+            provisioner = self._provisioners[creation.provisioner]
+            template = _template(provisioner, creation.template)
+            where = f"{provisioner.name}/{template.name}"
+            for _ in range(3):  # a name someone else has: take another
+                name = provisioner.new_name(template)
+                new = NewCluster(
+                    name, provisioner.name, template.name, provisioner.namespace, template.idle_ttl_s,
+                    provisioner.max_clusters,
+                )  # fmt: skip
+                detail = f"waiting for new cluster {name} from template {template.name}: {creation.reason}"
+                try:
+                    recorded = self.ledger.add_provisioning(job_id, new, detail, job=None if in_ledger else job)
+                except AttemptConflict:
+                    return None, True
+                if not recorded:  # another thread or process took the last slot since the plan was made
+                    cap = provisioner.max_clusters
+                    history.append((where, f"at its cap of {cap} clusters (counting those being created)"))
+                    break
+                in_ledger = True
+                faults.point("creation.recorded")
+                try:
+                    self._ask(provisioner, template, name)
+                except ProvisioningError as e:
+                    self._fail_creation(name, provisioner, e.message)
+                    if e.status == 409:
+                        continue
+                    history.append((where, e.message))
+                    break
+                log.info("creating cluster %s from %s for job %s", name, where, job_id)
+                return name, True
+        return None, in_ledger
 
-    def _create(self, creation: Creation) -> Cluster:
-        """Create a cluster, recorded in the ledger first; wait until ready; on any failure delete it. Never leak."""
-        provisioner = self._provisioners[creation.provisioner]
-        template = _template(provisioner, creation.template)
-        for _ in range(3):
-            name = provisioner.new_name(template)
-            recorded = self.ledger.add_managed(
-                name,
-                provisioner=provisioner.name,
-                template=template.name,
-                namespace=provisioner.namespace,
-                idle_ttl_s=template.idle_ttl_s,
-                cap=provisioner.max_clusters,
-            )
-            if not recorded:  # another thread or process took the last slot since the plan was made
-                raise ProvisioningError(
-                    f"provisioner {provisioner.name} is at its cap of {provisioner.max_clusters} clusters "
-                    "(counting those being created)",
-                    "wait for one to become idle and be deleted, or raise max_clusters",
-                    provisioner=provisioner.name,
-                )
-            managed = ManagedCluster(name, provisioner.name, template.name, provisioner.namespace, time.time())
-            try:
-                provisioner.create(template, name)
-                cluster = provisioner.wait_ready(managed, template.ready_timeout_s)
-            except ProvisioningError as e:
-                self.ledger.update_managed(name, state="FAILED", ended_at=time.time(), detail=e.message)
-                if e.status == 409:
-                    continue  # the name belongs to someone else: take another
-                with contextlib.suppress(ProvisioningError):
-                    provisioner.delete(managed)
-                raise
-            except Exception as e:  # not the provisioner's own error (a bug, a full disk): still leave nothing behind
-                self.ledger.update_managed(
-                    name, state="FAILED", ended_at=time.time(), detail=f"{type(e).__name__}: {e}"
-                )
-                with contextlib.suppress(Exception):
-                    provisioner.delete(managed)
-                raise
-            now = time.time()
-            self.ledger.update_managed(
-                name, state="READY", address=cluster.address, labels=cluster.labels, ready_at=now, last_busy_at=now
-            )
-            self._join(cluster, self.ledger.managed_record(name))
-            log.info("created cluster %s from template %s of %s", name, template.name, provisioner.name)
-            return cluster
-        raise ProvisioningError("three cluster names in a row were taken", "retry", provisioner=provisioner.name)
+    def _ask(self, provisioner: Any, template: ClusterTemplate, name: str) -> None:
+        """Ask the provisioner to create a recorded cluster, and record that it was asked."""
+        try:
+            provisioner.create(template, name)
+        except ProvisioningError:
+            raise
+        except Exception as e:  # not the provisioner's own error (a bug, a full disk): still leave nothing behind
+            raise ProvisioningError(f"{type(e).__name__}: {e}", "see the log", provisioner=provisioner.name) from e
+        self.ledger.update_managed(name, asked_at=time.time())
+        faults.point("creation.asked")
+
+    def _fail_creation(self, name: str, provisioner: Any, why: str) -> None:
+        """Record a creation as FAILED and delete whatever of the cluster exists. Never leak."""
+        record = self.ledger.managed_record(name)
+        self.ledger.update_managed(name, state="FAILED", ended_at=time.time(), detail=why)
+        if record is not None:
+            managed = ManagedCluster(name, record.provisioner, record.template, record.namespace, record.created_at)
+            with contextlib.suppress(Exception):
+                provisioner.delete(managed)
+        log.warning("creating cluster %s failed: %s", name, why)
+
+    def advance_creations(self) -> None:
+        """Carry every creation under way on, whichever process began it: ask for one that was recorded but never
+        asked for, join one that is ready and place the jobs waiting for it, and fail one that cannot finish (its
+        jobs are placed again, or queued, or fail)."""
+        waiting: dict[str, list[JobRecord]] = {}
+        for job in self.ledger.provisioning():
+            waiting.setdefault(job.awaits or "", []).append(job)
+        for record in self._live_managed():
+            provisioner = self._provisioners.get(record.provisioner)
+            if provisioner is None:
+                waiting.pop(record.name, None)  # another fleet's provisioner: its own loop carries it on
+                continue
+            jobs = waiting.pop(record.name, [])
+            if record.state == "CREATING":
+                ready = self._poll_creation(record, provisioner)
+                if ready is None:
+                    continue
+                if ready is False:
+                    waiting[record.name] = jobs  # failed: placed again below, with the others
+                    continue
+            elif record.name not in self._clusters:
+                if not record.address:
+                    continue
+                cluster = Cluster(name=record.name, address=record.address, labels=dict(record.labels))
+                self._join(cluster, record)  # READY, recorded by another process
+            for job in jobs:
+                self._place_on_new(job, record)
+        for name, jobs in waiting.items():  # their cluster failed, expired or was deleted
+            for job in jobs:
+                try:
+                    self._creation_failed(job, self.ledger.managed_record(name))
+                except RayfleetError as e:  # one job's trouble must not stop the turn
+                    log.warning("job %s: %s", job.id, e)
+
+    def _poll_creation(self, record: ManagedClusterRecord, provisioner: Any) -> bool | None:
+        """One look at a creation: True once it is ready (recorded READY and joined), None while it starts, False
+        if it failed (recorded FAILED and deleted)."""
+        template = next((t for t in provisioner.templates if t.name == record.template), None)
+        managed = ManagedCluster(record.name, record.provisioner, record.template, record.namespace, record.created_at)
+        now = time.time()
+        try:
+            cluster = provisioner.poll(managed)
+        except ProvisioningError as e:
+            error = e
+            if e.status == 404 and record.asked_at is None and template is not None:
+                if now - record.created_at < ASK_GRACE_S:
+                    return None  # its creator is about to ask
+                try:
+                    self._ask(provisioner, template, record.name)  # its creator stopped before asking
+                    return None
+                except ProvisioningError as again:
+                    error = again
+            self._fail_creation(record.name, provisioner, error.message)
+            return False
+        if cluster is None:
+            limit = template.ready_timeout_s if template is not None else 600.0
+            if now - record.created_at <= limit:
+                return None
+            self._fail_creation(record.name, provisioner, f"not ready within {limit:g} s")
+            return False
+        self.ledger.update_managed(
+            record.name, state="READY", address=cluster.address, labels=cluster.labels, ready_at=now, last_busy_at=now
+        )
+        self._join(cluster, self.ledger.managed_record(record.name))
+        log.info("cluster %s from template %s of %s is ready", record.name, record.template, provisioner.name)
+        faults.point("creation.ready")
+        return True
+
+    def _place_on_new(self, job: JobRecord, record: ManagedClusterRecord) -> None:
+        """Submit a job that waited for a cluster, now ready, on it (its start may wait for workers to be added)."""
+        sub = Submission.from_job(job)
+        fit = self._holds_job(sub, record)
+        template = _template(self._provisioners[record.provisioner], record.template)
+        if fit is None:  # the template no longer holds it (the fleet file changed): place it as a new job would be
+            self._creation_failed(job, record)
+            return
+        target = _Target(
+            record.name,
+            None,
+            fit.accelerator,
+            f"new cluster from template {template.name}: {fit.reason}",
+            scale_up_s=template.scale_up_s if fit.workers else 0.0,  # its workers start from the minimum
+        )
+        history = [(a.cluster, a.detail or a.state.value) for a in job.attempts]
+        snapshot = self.snapshots([record.name]).get(record.name)
+        n = len(job.attempts) + 1
+        try:
+            reached = self._submit_attempt(sub, job.id, n, target, snapshot, history, new_job=False)
+        except AttemptConflict:
+            return  # another loop placed it first
+        except RayfleetError as e:  # recorded (FAILED: refused; UNKNOWN: unreachable); the next turns follow it
+            log.warning("job %s: %s", job.id, e)
+            return
+        if not reached:
+            self._again(self.ledger.job(job.id), exclude=frozenset({record.name}))
+
+    def _holds_job(self, sub: Submission, record: ManagedClusterRecord) -> Creation | None:
+        """How a managed cluster's template holds the job (its accelerator, the workers it adds), or None if it
+        cannot: the job's labels must match the template's, and a pinned job goes nowhere else."""
+        provisioner = self._provisioners.get(record.provisioner)
+        template = next((t for t in provisioner.templates if t.name == record.template), None) if provisioner else None
+        if template is None or sub.cluster is not None:
+            return None
+        if any(template.labels.get(k) != v for k, v in sub.labels.items()):
+            return None
+        state = [ProvisionerState(record.provisioner, [template], max_clusters=1 << 30, max_gpus=1 << 30)]
+        made = gang_creations(sub.gang, state) if sub.gang is not None else creations(sub.resources, state)
+        return next((c for c in made if c.fits), None)
+
+    def _creation_failed(self, job: JobRecord, record: ManagedClusterRecord | None) -> None:
+        """The cluster a job waited for will not be ready: place the job again (another cluster or template), else
+        queue it (``wait``) or fail it with the reason."""
+        why = f"cluster {job.awaits} could not be created: {record.detail if record else 'it has no record'}"
+        sub = Submission.from_job(job)
+        outcome = self._place(sub, job.id, len(job.attempts) + 1, frozenset(), [(job.awaits or "?", why)],
+                              in_ledger=True)  # fmt: skip
+        if outcome.settled or outcome.conflict:
+            return
+        if sub.queue:
+            self.ledger.requeue(job.id, f"waiting: {why}")
+        else:
+            self.ledger.record_job(job.id, JobState.FAILED, why)
 
     def _join(self, cluster: Cluster, record: ManagedClusterRecord | None) -> None:
-        self._clusters[cluster.name] = cluster
-        self._backends[cluster.name] = RayJobs(cluster)
-        self.prober.add(cluster)
-        if record is not None:
-            self._managed[cluster.name] = record
+        """Add a cluster to the fleet. The maps are replaced, never changed in place, under the lock: a reader on
+        another thread sees the old or the new map, whole."""
+        with self._lock:
+            self._clusters = {**self._clusters, cluster.name: cluster}
+            self._backends = {**self._backends, cluster.name: RayJobs(cluster)}
+            if record is not None:
+                self._managed = {**self._managed, cluster.name: record}
+            self.prober.add(cluster)
 
     def _leave(self, name: str) -> None:
-        self._clusters.pop(name, None)
-        self._backends.pop(name, None)
-        self._managed.pop(name, None)
-        self.prober.remove(name)
+        with self._lock:
+            self._clusters = {k: v for k, v in self._clusters.items() if k != name}
+            self._backends = {k: v for k, v in self._backends.items() if k != name}
+            self._managed = {k: v for k, v in self._managed.items() if k != name}
+            self.prober.remove(name)
 
     def tick(self) -> list[str]:
-        """One turn of the dispatcher's duties: follow every active job (failover, loss, retries), place queued
-        jobs, and delete managed clusters idle past their TTL.
+        """One turn of the dispatcher's duties: carry creations on (placing the jobs that waited for them), follow
+        every active job (failover, loss, retries), place queued jobs, and delete managed clusters idle past their
+        TTL.
 
         Returns:
             The names of the clusters deleted in this turn.
         """
+        self.advance_creations()
         for job in self.ledger.active():
             try:
                 self.refresh(job.id)
@@ -788,7 +946,8 @@ class Dispatcher:
             current = self.ledger.managed_record(name)
             if current is None or current.state != "READY":
                 continue
-            self._managed[name] = current
+            with self._lock:
+                self._managed = {**self._managed, name: current}
             deadline = current.idle_deadline
             provisioner = self._provisioners.get(current.provisioner)
             if deadline is not None and now >= deadline and provisioner is not None:
@@ -1030,11 +1189,11 @@ class Dispatcher:
         history = [(a.cluster, a.detail or a.state.value) for a in job.attempts]
         n = len(job.attempts) + 1
         outcome = self._place(sub, job.id, n, exclude, history, in_ledger=True, replacing_unknown=replacing_unknown)
-        if not outcome.submitted and not outcome.conflict and exclude:  # the excluded clusters, last
+        if not outcome.settled and not outcome.conflict and exclude:  # the excluded clusters, last
             outcome = self._place(
                 sub, job.id, n, frozenset(), history, in_ledger=True, replacing_unknown=replacing_unknown
             )
-        if not outcome.submitted and not outcome.conflict:
+        if not outcome.settled and not outcome.conflict:
             if replacing_unknown:
                 log.warning("job %s: no room elsewhere now; it stays UNKNOWN", job.id)
             elif self.ledger.requeue(job.id, "waiting: no cluster can take it now"):
@@ -1044,12 +1203,16 @@ class Dispatcher:
     def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
         """Poll until the job is terminal. Raises `TimeoutError` when ``timeout`` passes first.
 
-        While the job is queued, this process works the queue (in priority order) as the dispatch loop would.
+        While the job is queued, this process works the queue (in priority order) as the dispatch loop would; while
+        it waits for a new cluster, this process carries the creation on.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.1
         while True:
             job = self.refresh(job_id)
+            if job.state is JobState.PROVISIONING:
+                self.advance_creations()
+                job = self.ledger.job(job_id)
             if job.state is JobState.QUEUED:
                 self.place_queued()
                 job = self.ledger.job(job_id)
@@ -1092,8 +1255,8 @@ class Dispatcher:
                 with contextlib.suppress(RayfleetError):
                     self.stop(child.id)
         job = self.ledger.job(job_id)
-        if job.state is JobState.QUEUED:
-            return self.ledger.record_job(job_id, JobState.STOPPED, "stopped while queued")
+        if job.state in (JobState.QUEUED, JobState.PROVISIONING):
+            return self.ledger.record_job(job_id, JobState.STOPPED, f"stopped while {job.state.value}")
         backend, sid = self._attempt(job_id)
         stopped = backend.stop(sid)
         self.refresh(job_id)

@@ -91,6 +91,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX attempts_by_cluster ON attempts (cluster);
     CREATE INDEX jobs_by_parent ON jobs (parent_id);
     """,
+    # 4: the cluster a PROVISIONING job waits for, and when a managed cluster's creation was asked of its provisioner
+    # (a CREATING record never asked was left by a creator that stopped in between: the next loop asks)
+    """
+    ALTER TABLE transitions ADD COLUMN cluster TEXT;
+    ALTER TABLE managed_clusters ADD COLUMN asked_at REAL;
+    """,
 ]
 
 
@@ -135,6 +141,7 @@ class JobRecord:
     job_state: JobState = JobState.QUEUED
     detail: str | None = None
     job_seq: int = 0  # the sequence number of the job's own latest transition (QUEUED, a refusal, a verdict)
+    awaits: str | None = None  # the cluster the job's own latest state (PROVISIONING) waits for
 
     @property
     def resources(self) -> Resources:
@@ -168,6 +175,23 @@ class JobRecord:
 
 class AttemptConflict(Exception):
     """Another process placed the job's next attempt first, or the job was stopped or finished meanwhile."""
+
+
+class _Rollback(Exception):
+    """Raised inside `Ledger._tx` to undo the transaction without an error."""
+
+
+@dataclass(frozen=True)
+class NewCluster:
+    """A managed cluster to record before it is created: its name, where it comes from, and the provisioner's cap
+    of live clusters (None: no cap)."""
+
+    name: str
+    provisioner: str
+    template: str
+    namespace: str = ""
+    idle_ttl_s: float = 300.0
+    cap: int | None = None
 
 
 @dataclass
@@ -244,6 +268,9 @@ class Ledger:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+            except _Rollback:
+                self._conn.execute("ROLLBACK")
+                return
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -267,14 +294,65 @@ class Ledger:
         submission_id, cluster, ...)."""
         now = time.time()
         with self._tx() as tx:
-            tx.execute(
-                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job_id, now, entrypoint, _dump(request), _dump(runtime_env), _dump(metadata), parent_id),
-            )
+            self._insert_job(tx, job_id, now, entrypoint, request, runtime_env, metadata, parent_id)
             if attempt is None:
-                tx.execute("INSERT INTO transitions VALUES (NULL, ?, NULL, ?, ?, ?)", (job_id, "QUEUED", now, detail))
+                _transition(tx, job_id, None, JobState.QUEUED, now, detail)
             else:
                 self._insert_attempt(tx, job_id, attempt, now)
+
+    @staticmethod
+    def _insert_job(tx: sqlite3.Connection, job_id: str, now: float, entrypoint: str, request: Mapping[str, Any],
+                    runtime_env: Any, metadata: Any, parent_id: str | None) -> None:  # fmt: skip
+        tx.execute(
+            "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (job_id, now, entrypoint, _dump(request), _dump(runtime_env), _dump(metadata), parent_id),
+        )
+
+    def add_provisioning(
+        self,
+        job_id: str,
+        cluster: NewCluster | str,
+        detail: str,
+        *,
+        job: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Record that a job waits for a new cluster, and the cluster (CREATING), in one transaction and before the
+        provisioner is asked: a crash at any point after it loses neither, and the next loop carries both on.
+
+        Args:
+            job_id: the job.
+            cluster: the cluster to create, or the name of one being created (CREATING) to wait for as well.
+            detail: why the job waits for it.
+            job: a new job's fields (those of `add_job`: entrypoint, request, ...); None for a job already recorded,
+                which must be QUEUED or PROVISIONING, or have a failed or lost newest attempt.
+
+        Returns:
+            False, with nothing recorded, when the provisioner is at its cap of live clusters (or the named cluster
+            is no longer being created).
+
+        Raises:
+            AttemptConflict: the job was placed, stopped or finished by another process meanwhile.
+        """
+        now = time.time()
+        with self._tx() as tx:
+            if job is not None:
+                self._insert_job(tx, job_id, now, **job)
+            else:
+                state, _ = self._effective(tx, job_id)
+                if state not in (JobState.QUEUED, JobState.PROVISIONING, JobState.FAILED, JobState.LOST):
+                    raise AttemptConflict(f"job {job_id} is {state.value}: not provisioning a cluster for it")
+            if isinstance(cluster, str):  # one being created already
+                row = tx.execute("SELECT state FROM managed_clusters WHERE name = ?", (cluster,)).fetchone()
+                recorded = row is not None and row[0] == "CREATING"
+            else:
+                recorded = self._insert_managed(tx, cluster, now)
+            if not recorded:
+                if job is not None:
+                    raise _Rollback
+                return False
+            name = cluster if isinstance(cluster, str) else cluster.name
+            _transition(tx, job_id, None, JobState.PROVISIONING, now, detail, cluster=name)
+            return True
 
     def add_attempt(self, job_id: str, attempt: Mapping[str, Any], *, replacing_unknown: bool = False) -> None:
         """Record the next attempt of a job, PLACED on its cluster, before it is submitted.
@@ -288,7 +366,7 @@ class Ledger:
         """
         with self._tx() as tx:
             state, last_n = self._effective(tx, job_id)
-            movable = {JobState.QUEUED, JobState.FAILED, JobState.LOST} | (
+            movable = {JobState.QUEUED, JobState.PROVISIONING, JobState.FAILED, JobState.LOST} | (
                 {JobState.UNKNOWN} if replacing_unknown else set()
             )
             if state not in movable or attempt["n"] != last_n + 1:
@@ -299,16 +377,14 @@ class Ledger:
                 raise AttemptConflict(f"attempt {attempt['n']} of job {job_id} exists: {e}") from None
 
     def requeue(self, job_id: str, detail: str) -> bool:
-        """Put a job whose newest attempt failed or was lost back in the queue (the dispatch loop places it).
-        Returns False if it is not in such a state (another process acted first, or it was stopped)."""
+        """Put a job whose newest attempt failed or was lost, or whose cluster could not be created, back in the
+        queue (the dispatch loop places it). Returns False if it is not in such a state (another process acted
+        first, or it was stopped)."""
         with self._tx() as tx:
             state, last_n = self._effective(tx, job_id)
-            if last_n == 0 or state not in (JobState.FAILED, JobState.LOST):
+            if state is not JobState.PROVISIONING and (last_n == 0 or state not in (JobState.FAILED, JobState.LOST)):
                 return False
-            tx.execute(
-                "INSERT INTO transitions VALUES (NULL, ?, NULL, ?, ?, ?)",
-                (job_id, JobState.QUEUED.value, time.time(), detail),
-            )
+            _transition(tx, job_id, None, JobState.QUEUED, time.time(), detail)
             return True
 
     @staticmethod
@@ -350,10 +426,7 @@ class Ledger:
                 attempt.get("session"),
             ),
         )
-        tx.execute(
-            "INSERT INTO transitions VALUES (NULL, ?, ?, ?, ?, ?)",
-            (job_id, attempt["submission_id"], JobState.PLACED.value, now, attempt.get("detail")),
-        )
+        _transition(tx, job_id, attempt["submission_id"], JobState.PLACED, now, attempt.get("detail"))
 
     def record(self, submission_id: str, state: JobState, detail: str | None = None) -> bool:
         """Move an attempt to ``state`` if the state machine allows it.
@@ -379,24 +452,20 @@ class Ledger:
             job_id, old = row[0], JobState(row[1]) if row[1] else None
             if old == state or not can_move(old, state):
                 return False
-            tx.execute(
-                "INSERT INTO transitions VALUES (NULL, ?, ?, ?, ?, ?)",
-                (job_id, submission_id, state.value, time.time(), detail),
-            )
+            _transition(tx, job_id, submission_id, state, time.time(), detail)
             return True
 
     def record_job(self, job_id: str, state: JobState, detail: str | None = None) -> bool:
-        """Record a state of the job itself: FAILED or STOPPED while QUEUED (never placed, timed out, cancelled),
-        or FAILED after its attempt was LOST and may not be retried. Returns whether the state changed."""
+        """Record a state of the job itself: FAILED or STOPPED while QUEUED or PROVISIONING (never placed, timed
+        out, cancelled), or FAILED after its attempt was LOST and may not be retried. Returns whether the state
+        changed."""
         with self._tx() as tx:
             old, _ = self._effective(tx, job_id)
             verdict = old is JobState.LOST and state is JobState.FAILED  # a loss that may not be retried
-            if not ((old is JobState.QUEUED and can_move(old, state)) or verdict):
+            waiting = old in (JobState.QUEUED, JobState.PROVISIONING) and state in (JobState.FAILED, JobState.STOPPED)
+            if not (waiting or verdict):
                 return False
-            tx.execute(
-                "INSERT INTO transitions VALUES (NULL, ?, NULL, ?, ?, ?)",
-                (job_id, state.value, time.time(), detail),
-            )
+            _transition(tx, job_id, None, state, time.time(), detail)
             return True
 
     # ----- managed clusters and saved logs -------------------------------------------------------------------------
@@ -413,28 +482,33 @@ class Ledger:
     ) -> bool:
         """Record a cluster about to be created (CREATING): before the infrastructure is asked, so none is lost.
 
-        With ``cap``, only while ``provisioner`` has fewer than ``cap`` clusters CREATING or READY, counted in the same
-        transaction, so two threads or processes creating at once cannot both pass the cap. Returns whether it was
-        recorded.
+        With a ``cap``, only while its provisioner has fewer than ``cap`` clusters CREATING or READY, counted in the
+        same transaction, so two threads or processes creating at once cannot both pass the cap. Returns whether it
+        was recorded.
         """
+        cluster = NewCluster(name, provisioner, template, namespace, idle_ttl_s, cap)
         with self._tx() as tx:
-            if cap is not None:
-                (live,) = tx.execute(
-                    "SELECT COUNT(*) FROM managed_clusters WHERE provisioner = ? AND state IN ('CREATING', 'READY')",
-                    (provisioner,),
-                ).fetchone()
-                if live >= cap:
-                    return False
-            tx.execute(
-                "INSERT INTO managed_clusters (name, provisioner, template, namespace, state, idle_ttl_s, created_at) "
-                "VALUES (?, ?, ?, ?, 'CREATING', ?, ?)",
-                (name, provisioner, template, namespace, idle_ttl_s, time.time()),
-            )
-            return True
+            return self._insert_managed(tx, cluster, time.time())
+
+    @staticmethod
+    def _insert_managed(tx: sqlite3.Connection, cluster: NewCluster, now: float) -> bool:
+        if cluster.cap is not None:
+            (live,) = tx.execute(
+                "SELECT COUNT(*) FROM managed_clusters WHERE provisioner = ? AND state IN ('CREATING', 'READY')",
+                (cluster.provisioner,),
+            ).fetchone()
+            if live >= cluster.cap:
+                return False
+        tx.execute(
+            "INSERT INTO managed_clusters (name, provisioner, template, namespace, state, idle_ttl_s, created_at) "
+            "VALUES (?, ?, ?, ?, 'CREATING', ?, ?)",
+            (cluster.name, cluster.provisioner, cluster.template, cluster.namespace, cluster.idle_ttl_s, now),
+        )
+        return True
 
     def update_managed(self, name: str, **fields: Any) -> None:
         """Change a managed cluster's state, address, labels, last_busy_at, ended_at or detail."""
-        allowed = {"state", "address", "labels", "ready_at", "last_busy_at", "ended_at", "detail"}
+        allowed = {"state", "address", "labels", "ready_at", "last_busy_at", "ended_at", "detail", "asked_at"}
         unknown = set(fields) - allowed
         if unknown:
             raise LedgerError(f"cannot update {sorted(unknown)} of a managed cluster", f"use {sorted(allowed)}")
@@ -490,6 +564,17 @@ class Ledger:
         )
         return [j for j in jobs if j.state is JobState.QUEUED]
 
+    def provisioning(self) -> list[JobRecord]:
+        """Jobs waiting for a cluster being created for them (`JobRecord.awaits` names it), oldest first."""
+        jobs = self._load(
+            "WHERE j.id IN (SELECT job_id FROM transitions q WHERE q.submission_id IS NULL "
+            "AND q.state = 'PROVISIONING' "
+            "AND q.seq = (SELECT MAX(seq) FROM transitions WHERE job_id = q.job_id AND submission_id IS NULL)) "
+            "ORDER BY j.created_at",
+            (),
+        )
+        return [j for j in jobs if j.state is JobState.PROVISIONING]
+
     def active(self) -> list[JobRecord]:
         """Jobs with an attempt that is not terminal (any attempt: a stale one on a rejoined cluster counts)."""
         return self._load(
@@ -530,7 +615,8 @@ class Ledger:
         with self._lock:
             jobs = self._conn.execute(
                 f"SELECT j.id, j.created_at, j.entrypoint, j.request, j.runtime_env, j.metadata, j.parent_id, "
-                f"(SELECT seq || '|' || state || '|' || COALESCE(detail, '') FROM transitions t WHERE t.job_id = j.id "
+                f"(SELECT seq || '|' || state || '|' || COALESCE(cluster, '') || '|' || COALESCE(detail, '') "
+                f"FROM transitions t WHERE t.job_id = j.id "
                 f"AND t.submission_id IS NULL ORDER BY seq DESC LIMIT 1) FROM jobs j {where}",
                 params,
             ).fetchall()
@@ -548,8 +634,7 @@ class Ledger:
                     attempts[row[1]].append(AttemptRecord(*row[:7], JobState(row[7]), *row[8:]))
         out = []
         for jid, created, entrypoint, request, runtime_env, metadata, parent, job_state in jobs:
-            seq, _, rest = (job_state or "0|QUEUED|").partition("|")
-            state, _, detail = rest.partition("|")
+            seq, state, awaits, detail = (job_state or "0|QUEUED||").split("|", 3)
             out.append(
                 JobRecord(
                     jid,
@@ -563,6 +648,7 @@ class Ledger:
                     JobState(state),
                     detail or None,
                     int(seq),
+                    awaits or None,
                 )
             )
         return out
@@ -585,11 +671,29 @@ class ManagedClusterRecord:
     last_busy_at: float | None
     ended_at: float | None
     detail: str | None
+    asked_at: float | None = None  # when its provisioner was asked to create it (None: not yet)
 
     @property
     def idle_deadline(self) -> float | None:
         """When it may be deleted if it stays idle (None while it has never been idle)."""
         return None if self.last_busy_at is None else self.last_busy_at + self.idle_ttl_s
+
+
+def _transition(
+    tx: sqlite3.Connection,
+    job_id: str,
+    submission_id: str | None,
+    state: JobState,
+    at: float,
+    detail: str | None,
+    cluster: str | None = None,
+) -> None:
+    """Append one transition: of an attempt (``submission_id``) or of the job itself (None); ``cluster`` is the
+    cluster a PROVISIONING job waits for."""
+    tx.execute(
+        "INSERT INTO transitions (job_id, submission_id, state, at, detail, cluster) VALUES (?, ?, ?, ?, ?, ?)",
+        (job_id, submission_id, state.value, at, detail, cluster),
+    )
 
 
 def _dump(value: Any) -> str | None:

@@ -7,7 +7,11 @@ An attempt is one Ray submission (its own submission id) on one cluster:
        +----------+-----------+--> UNKNOWN (its cluster cannot be reached) -> back, or LOST
        +--> FAILED (the cluster refused the submission)
 
-A job's state is its newest attempt's state, or QUEUED before its first attempt. Terminal states are final.
+A job's own states come before an attempt, or between two: QUEUED (waiting for room) and PROVISIONING (waiting for
+a cluster being created for it). A job's state is the newer of its own latest state and its newest attempt's state.
+Terminal states are final.
+
+    QUEUED <-> PROVISIONING -> (an attempt) PLACED ...     either may also end FAILED (deadline, no room) or STOPPED
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ class JobState(str, Enum):
     """The state of a rayfleet job or of one of its attempts."""
 
     QUEUED = "QUEUED"  # recorded, not yet placed on a cluster
+    PROVISIONING = "PROVISIONING"  # recorded, waiting for a cluster that is being created for it
     PLACED = "PLACED"  # a cluster was chosen and recorded; the submission is on its way
     SUBMITTED = "SUBMITTED"  # the cluster accepted it (Ray: PENDING)
     RUNNING = "RUNNING"
@@ -41,7 +46,8 @@ TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, Job
 
 _ACTIVE = {JobState.PLACED, JobState.SUBMITTED, JobState.RUNNING, JobState.UNKNOWN}
 ALLOWED: dict[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.PLACED, JobState.STOPPED, JobState.FAILED}),
+    JobState.QUEUED: frozenset({JobState.PLACED, JobState.PROVISIONING, JobState.STOPPED, JobState.FAILED}),
+    JobState.PROVISIONING: frozenset({JobState.PLACED, JobState.STOPPED, JobState.FAILED}),  # requeue() goes back
     JobState.PLACED: frozenset({JobState.SUBMITTED, JobState.RUNNING, JobState.UNKNOWN} | TERMINAL),
     JobState.SUBMITTED: frozenset({JobState.RUNNING, JobState.UNKNOWN} | TERMINAL),
     JobState.RUNNING: frozenset({JobState.UNKNOWN} | TERMINAL),
@@ -53,5 +59,5 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
 def can_move(old: JobState | None, new: JobState) -> bool:
     """Whether a state may follow another; ``old=None`` is the first record, and a repeat is no move at all."""
     if old is None:
-        return new in (JobState.QUEUED, JobState.PLACED)
+        return new in (JobState.QUEUED, JobState.PROVISIONING, JobState.PLACED)
     return new in ALLOWED[old]

@@ -54,11 +54,13 @@ class Provisioner(Protocol):
         """Record on the cluster itself when it may be deleted if idle, so a later `rayfleet gc` can act."""
         ...
 
-    def wait_ready(self, cluster: ManagedCluster, timeout: float) -> Cluster:
-        """Block until the cluster is ready; return it as a fleet `Cluster` with its dashboard address.
+    def poll(self, cluster: ManagedCluster) -> Cluster | None:
+        """Without blocking: the cluster as a fleet `Cluster` (with its dashboard address) once it is ready, None
+        while it is starting. Works from any process, not only the one that created it.
 
         Raises:
-            ProvisioningError: not ready within ``timeout`` or failed; the caller deletes it.
+            ProvisioningError: it failed, or its creation can no longer finish (the caller deletes it); with status
+                404 when it does not exist (never created, or deleted).
         """
         ...
 

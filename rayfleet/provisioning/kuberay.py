@@ -314,6 +314,32 @@ class KubeRayProvisioner:
                 f"read RayCluster {cluster.name}", self._get, cluster.name, cluster=cluster.name
             )
 
+    def poll(self, cluster: ManagedCluster) -> Cluster | None:
+        """Read the RayCluster once: the fleet `Cluster` when it is ready, None while it starts.
+
+        Raises:
+            ProvisioningError: it failed, or the API refused; with status 404 when it does not exist.
+        """
+        obj = self._call(f"read RayCluster {cluster.name}", self._get, cluster.name, cluster=cluster.name)
+        if obj is None:
+            raise ProvisioningError(
+                f"RayCluster {cluster.name} does not exist",
+                "create it (or, if it was deleted while starting, the job goes to another template or cluster)",
+                provisioner=self.name,
+                cluster=cluster.name,
+                status=404,
+            )
+        if (why := failure(obj)) is not None:
+            raise ProvisioningError(
+                f"RayCluster {cluster.name} failed: {why}",
+                "check the KubeRay operator's events for the cluster",
+                provisioner=self.name,
+                cluster=cluster.name,
+            )
+        if is_ready(obj) and (address := self._address_of(cluster.name, obj)) is not None:
+            return self._as_cluster(cluster, address)
+        return None
+
     def _address_of(self, name: str, obj: Mapping[str, Any]) -> str | None:
         try:
             return self._address(obj)

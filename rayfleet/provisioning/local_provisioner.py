@@ -25,12 +25,16 @@ from rayfleet.provisioning.local import (
     LocalFleet,
     LocalNodeSpec,
     LocalWorkerType,
+    RunningCluster,
+    _read_state,
+    _start_time,
     state_dir,
 )
 from rayfleet.provisioning.templates import ClusterTemplate
 
 DEADLINE_FILE = "idle-deadline"
 TEMPLATE_FILE = "template"
+CREATOR_FILE = "creator"  # "<pid> <start time>" of the process whose thread starts the cluster
 
 
 def local_spec(template: ClusterTemplate, name: str) -> LocalClusterSpec:
@@ -87,25 +91,29 @@ class LocalProvisioner:
         return next(t for t in self.templates if t.name == name)
 
     def create(self, template: ClusterTemplate, name: str) -> ManagedCluster:
-        """Start the cluster's processes in the background; `wait_ready` waits for them."""
+        """Start the cluster's processes in the background (on a thread of this process); `poll` says when they are
+        ready. The directory made here is the cluster's ownership record; it names the creating process."""
         where = self.directory / name
-        if where.exists():
+        try:
+            where.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            where.mkdir(mode=0o700)
+        except FileExistsError:
             raise ProvisioningError(
                 f"local cluster {name} exists already",
                 "take another name",
                 provisioner=self.name,
                 cluster=name,
                 status=409,
-            )
-        where.mkdir(parents=True, mode=0o700)
+            ) from None
         (where / TEMPLATE_FILE).write_text(template.name)
+        (where / CREATOR_FILE).write_text(f"{os.getpid()} {_start_time(os.getpid())}")
         fleet = LocalFleet([local_spec(template, name)], name=name, directory=where)
         errors: list[BaseException] = []
 
         def up() -> None:
             try:
                 fleet.up(timeout=template.ready_timeout_s)
-            except BaseException as e:  # handed to wait_ready
+            except BaseException as e:  # handed to poll
                 errors.append(e)
 
         thread = threading.Thread(target=up, name=f"local-up-{name}", daemon=True)
@@ -113,19 +121,43 @@ class LocalProvisioner:
         self._starting[name] = (thread, errors, fleet)
         return ManagedCluster(name, self.name, template.name, "", time.time())
 
-    def wait_ready(self, cluster: ManagedCluster, timeout: float) -> Cluster:
-        thread, errors, fleet = self._starting[cluster.name]
-        thread.join(timeout)
-        if thread.is_alive() or errors:
-            why = f"{errors[0]}" if errors else f"not ready within {timeout:g} s"
+    def poll(self, cluster: ManagedCluster) -> Cluster | None:
+        """Ready once ``up`` has finished: in this process, its thread; in another, the fleet file ``up`` writes
+        last. A cluster whose creator process is gone before that will never be ready."""
+        where = self.directory / cluster.name
+        starting = self._starting.get(cluster.name)
+        if starting is not None:
+            thread, errors, fleet = starting
+            if thread.is_alive():
+                return None
+            del self._starting[cluster.name]
+            if errors:
+                raise self._failed(cluster.name, str(errors[0]), fleet.dir)
+            return self._as_cluster(cluster, fleet.running[0])
+        if not where.exists():
             raise ProvisioningError(
-                f"local cluster {cluster.name}: {why}",
-                "see its log in " + str(fleet.dir),
-                provisioner=self.name,
-                cluster=cluster.name,
-            )
-        del self._starting[cluster.name]
-        running = fleet.running[0]
+                f"local cluster {cluster.name} does not exist", "create it", provisioner=self.name,
+                cluster=cluster.name, status=404,
+            )  # fmt: skip
+        fleet = LocalFleet([], name=cluster.name, directory=where)
+        if fleet.fleet_file.exists():
+            try:
+                running = [c for c in _read_state(fleet.state_file) if c.alive()]
+            except LocalFleetError as e:
+                raise self._failed(cluster.name, str(e), where) from None
+            if not running:
+                raise self._failed(cluster.name, "its processes have stopped", where)
+            return self._as_cluster(cluster, running[0])
+        if not _creator_alive(where / CREATOR_FILE):
+            raise self._failed(cluster.name, "the process creating it stopped before it was ready", where)
+        return None
+
+    def _failed(self, name: str, why: str, where: Path) -> ProvisioningError:
+        return ProvisioningError(
+            f"local cluster {name}: {why}", f"see its log in {where}", provisioner=self.name, cluster=name
+        )
+
+    def _as_cluster(self, cluster: ManagedCluster, running: RunningCluster) -> Cluster:
         template = self._template(cluster.template)
         labels = {**template.labels, **running.labels, "managed": "true", "provisioner": self.name}
         return Cluster(
@@ -172,3 +204,12 @@ class LocalProvisioner:
 
     def close(self) -> None:
         """Nothing to release: clusters outlive this object until the dispatcher or `gc` deletes them."""
+
+
+def _creator_alive(path: Path) -> bool:
+    """Whether the process named in a creator file still runs (the same process: its start time matches)."""
+    try:
+        pid, started = path.read_text().split()
+    except (OSError, ValueError):
+        return False
+    return str(_start_time(int(pid))) == started

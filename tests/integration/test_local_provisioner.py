@@ -39,7 +39,13 @@ def test_a_gpu_job_gets_an_autoscaling_cluster_that_scales_from_zero_and_is_dele
     ledger = Ledger(tmp_path / "ledger.db")
     with Fleet(config=config, ledger=ledger) as fleet:
         first = fleet.submit("python -c \"import os; print('gpu', os.environ['CUDA_VISIBLE_DEVICES'])\"", {"gpu": 1})
-        name = first.cluster
+        # submit returned without waiting for the cluster: the job and the creation are recorded, nothing more
+        assert (first.record.state, first.cluster) == (JobState.PROVISIONING, None)
+        [record] = ledger.managed()
+        name = record.name
+        assert (record.state, first.record.awaits) == ("CREATING", name)
+        poll(lambda: fleet.tick() == [] and first.cluster, timeout=120)  # the loop places it once the cluster is ready
+        assert first.cluster == name
         assert "new cluster from template gen" in ledger.history(first.submission_id)[0][2]
         # a second GPU job while the first may still run: the cluster's autoscaler can add a worker, so no new cluster
         second = fleet.submit("python -c \"print('second')\"", {"gpu": 1, "accelerators": ["A100"]})
@@ -85,7 +91,8 @@ def test_a_gang_gets_a_new_cluster_whose_autoscaler_adds_a_worker_per_bundle(tmp
     with Fleet(config=config, ledger=ledger) as fleet:
         show = "python -c \"import rayfleet_launcher as g; print('bundles', len(g.current().bundles))\""
         job = fleet.submit(show, gang={"bundles": [{"gpu": 1}, {"gpu": 1}], "strategy": "STRICT_SPREAD"})
+        assert job.record.state is JobState.PROVISIONING
+        assert job.wait(timeout=240) is JobState.SUCCEEDED, job.logs()  # wait() carries the creation on
         assert "new cluster from template pair" in (ledger.history(job.submission_id)[0][2] or "")
-        assert job.wait(timeout=240) is JobState.SUCCEEDED, job.logs()
         assert "bundles 2" in job.logs() and len(job.attempts) == 1  # reserved within start timeout + scale_up_s
         assert poll(lambda: fleet.tick(), timeout=90) == [job.cluster]

@@ -20,6 +20,7 @@ from rayfleet.placement.provision import (
     headroom,
 )
 from rayfleet.provisioning.templates import ClusterTemplate, HeadSpec, WorkerGroup
+from rayfleet.states import JobState
 
 A100 = WorkerGroup(name="a100", cpu=8, gpu=1, accelerator="A100", memory="64GiB", min_replicas=0, max_replicas=2)
 H100X4 = WorkerGroup(name="h100", cpu=32, gpu=4, accelerator="H100", memory="256GiB", max_replicas=1)
@@ -158,16 +159,27 @@ def cap_of_one(tmp_path):
 
 
 def test_a_creation_under_way_elsewhere_counts_against_the_cap(tmp_path):
-    # another process has recorded a cluster it is creating (CREATING, not READY): at max_clusters 1, this fleet must
-    # not start a second one, and says why
+    # another process has recorded a cluster it is creating (CREATING, not READY) from a template this fleet does not
+    # know: at max_clusters 1, this fleet must not start a second one, and says why
     other = Ledger(tmp_path / "ledger.db")
-    assert other.add_managed("elsewhere", provisioner="local", template="gen", namespace="", idle_ttl_s=60, cap=1)
+    assert other.add_managed("elsewhere", provisioner="local", template="old", namespace="", idle_ttl_s=60, cap=1)
     with (
         Fleet(config=cap_of_one(tmp_path), ledger=Ledger(tmp_path / "ledger.db")) as fleet,
         pytest.raises(NoCapacityError, match="at its cap of 1 clusters"),
     ):
         fleet.submit("true", {"gpu": 1})
     # recorded before any creation, so no record means nothing was created
+    assert [(c.name, c.state) for c in other.managed(live_only=False)] == [("elsewhere", "CREATING")]
+    assert other.jobs() == []  # and the refused job left nothing behind
+    other.close()
+
+
+def test_a_job_waits_for_a_creation_under_way_whose_template_holds_it(tmp_path):
+    other = Ledger(tmp_path / "ledger.db")
+    assert other.add_managed("elsewhere", provisioner="local", template="gen", namespace="", idle_ttl_s=60, cap=1)
+    with Fleet(config=cap_of_one(tmp_path), ledger=Ledger(tmp_path / "ledger.db")) as fleet:
+        job = fleet.submit("true", {"gpu": 1})
+        assert (job.record.state, job.record.awaits, job.cluster) == (JobState.PROVISIONING, "elsewhere", None)
     assert [(c.name, c.state) for c in other.managed(live_only=False)] == [("elsewhere", "CREATING")]
     other.close()
 

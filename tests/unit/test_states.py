@@ -28,8 +28,8 @@ def test_a_repeat_is_no_move(state):
 
 
 @pytest.mark.parametrize("new", ALL, ids=lambda s: s.value)
-def test_a_first_record_is_queued_or_placed(new):
-    assert can_move(None, new) is (new in (S.QUEUED, S.PLACED))
+def test_a_first_record_is_queued_provisioning_or_placed(new):
+    assert can_move(None, new) is (new in (S.QUEUED, S.PROVISIONING, S.PLACED))
 
 
 @pytest.mark.parametrize("old", ALL, ids=lambda s: s.value)
@@ -41,6 +41,12 @@ def test_nothing_moves_back_to_queued(old):
     ("old", "new", "allowed"),
     [
         (S.QUEUED, S.PLACED, True),
+        (S.QUEUED, S.PROVISIONING, True),
+        (S.PROVISIONING, S.PLACED, True),
+        (S.PROVISIONING, S.STOPPED, True),
+        (S.PROVISIONING, S.FAILED, True),
+        (S.PROVISIONING, S.SUBMITTED, False),
+        (S.PROVISIONING, S.RUNNING, False),
         (S.QUEUED, S.STOPPED, True),
         (S.QUEUED, S.FAILED, True),
         (S.QUEUED, S.SUBMITTED, False),
