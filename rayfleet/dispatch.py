@@ -443,9 +443,11 @@ class Dispatcher:
         *,
         in_ledger: bool,
         replacing_unknown: bool = False,
+        avoid: frozenset[str] = frozenset(),
     ) -> _Outcome:
         """Try the best cluster, then the next ones, until one accepts attempt ``n`` (or a later one). Free capacity
-        first, then autoscaler headroom, then a new cluster (recorded with the job, asked for, not waited for)."""
+        first, then autoscaler headroom, then a new cluster (recorded with the job, asked for, not waited for) from a
+        template not in ``avoid`` (``provisioner/template``: one whose cluster just failed for this job)."""
         decision: Decision | None = None
         for _ in range(len(self._clusters) + 2 * len(self._provisioners) + 2):
             decision, snapshots = self._decide(sub, exclude)
@@ -467,7 +469,9 @@ class Dispatcher:
             if target is None:
                 if replacing_unknown:  # its UNKNOWN attempt may still run: wait for room, do not create for it
                     return _Outcome(False, in_ledger, decision)
-                created, in_ledger = self._provision(sub, job_id, snapshots, exclude, history, in_ledger=in_ledger)
+                created, in_ledger = self._provision(
+                    sub, job_id, snapshots, exclude, history, in_ledger=in_ledger, avoid=avoid
+                )
                 return _Outcome(False, in_ledger, decision, provisioning=created)
             try:
                 reached = self._submit_attempt(
@@ -711,6 +715,7 @@ class Dispatcher:
         history: list[tuple[str, str]],
         *,
         in_ledger: bool,
+        avoid: frozenset[str] = frozenset(),
     ) -> tuple[str | None, bool]:
         """Begin creating a cluster for the job from the best template that can hold it: the job (PROVISIONING) and
         the cluster (CREATING) are recorded in one transaction, then the provisioner is asked; nothing waits for the
@@ -718,6 +723,8 @@ class Dispatcher:
         job = None if in_ledger else self._job_fields(sub)
         for record in self._live_managed():  # a creation under way whose template holds it: wait for that one
             if record.state != "CREATING" or record.name in exclude or self._holds_job(sub, record) is None:
+                continue
+            if f"{record.provisioner}/{record.template}" in avoid:
                 continue
             detail = f"waiting for new cluster {record.name} from template {record.template}, being created"
             try:
@@ -732,6 +739,8 @@ class Dispatcher:
             provisioner = self._provisioners[creation.provisioner]
             template = _template(provisioner, creation.template)
             where = f"{provisioner.name}/{template.name}"
+            if where in avoid:
+                continue
             for _ in range(3):  # a name someone else has: take another
                 name = provisioner.new_name(template)
                 new = NewCluster(
@@ -896,8 +905,9 @@ class Dispatcher:
         queue it (``wait``) or fail it with the reason."""
         why = f"cluster {job.awaits} could not be created: {record.detail if record else 'it has no record'}"
         sub = Submission.from_job(job)
-        outcome = self._place(sub, job.id, len(job.attempts) + 1, frozenset(), [(job.awaits or "?", why)],
-                              in_ledger=True)  # fmt: skip
+        avoid = frozenset({f"{record.provisioner}/{record.template}"} if record else ())
+        history = [(job.awaits or "?", why)]
+        outcome = self._place(sub, job.id, len(job.attempts) + 1, frozenset(), history, in_ledger=True, avoid=avoid)
         if outcome.settled or outcome.conflict:
             return
         if sub.queue:

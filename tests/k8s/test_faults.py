@@ -18,7 +18,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from rayfleet import Fleet, NoCapacityError
+from rayfleet import Fleet, JobState, NoCapacityError
 from rayfleet.config import KubeRayConfig
 from rayfleet.errors import ProvisioningError
 from rayfleet.ledger import Ledger
@@ -285,19 +285,33 @@ def test_readiness_survives_watches_dropped_as_soon_as_they_open(k8s_api: Any, p
     assert len(k8s_api.requests_matching("WATCH", ALL)) < 40  # resumed with pauses, not in a tight loop
 
 
-def test_a_watch_refused_403_is_a_clear_error_and_the_new_raycluster_is_deleted(k8s_api: Any, tmp_path: Path) -> None:
+def test_a_watch_refused_403_is_a_clear_error(k8s_api: Any, provisioner: KubeRayProvisioner) -> None:
     k8s_api.faults.fail("WATCH", ALL, 403, times=None)  # a Role without the 'watch' verb
-    ledger = Ledger(tmp_path / "ledger.db")
-    with (
-        Fleet.from_file(fleet_file(tmp_path, k8s_api), ledger=ledger) as fleet,
-        pytest.raises(NoCapacityError) as caught,
-    ):
-        fleet.submit("true", {"gpu": 1})
+    provisioner.create(provisioner.templates[0], "rf-gpu-403403")
+    with pytest.raises(ProvisioningError) as caught:
+        provisioner.wait_ready(managed("rf-gpu-403403"), timeout=10)
+    assert caught.value.status == 403 and "watch RayCluster" in str(caught.value)
+    provisioner.delete(managed("rf-gpu-403403"))
 
-    assert "403" in str(caught.value) and "watch RayCluster" in str(caught.value)
+
+def test_a_raycluster_that_fails_while_starting_is_deleted_and_its_job_fails_with_the_reason(
+    k8s_api: Any, tmp_path: Path
+) -> None:
+    ledger = Ledger(tmp_path / "ledger.db")
+    with Fleet.from_file(fleet_file(tmp_path, k8s_api), ledger=ledger) as fleet:
+        handle = fleet.submit("true", {"gpu": 1})
+        [name] = [o["metadata"]["name"] for o in k8s_api.objects(PLURAL, NS)]
+        objects_api(k8s_api).patch_namespaced_custom_object_status(
+            GROUP, VERSION, NS, PLURAL, name, {"status": {"state": "failed", "reason": "image pull backoff"}}
+        )
+        assert handle.wait(timeout=30) is JobState.FAILED
+
+    assert (
+        f"cluster {name} could not be created" in handle.record.reason and "image pull backoff" in handle.record.reason
+    )
     assert k8s_api.objects(PLURAL, NS) == []  # created, then deleted: nothing leaked
     assert [c.state for c in ledger.managed(live_only=False)] == ["FAILED"]
-    assert ledger.jobs() == []
+    assert handle.attempts == ()
 
 
 def test_a_create_whose_answer_is_lost_is_collected_by_gc(k8s_api: Any, tmp_path: Path) -> None:

@@ -57,11 +57,13 @@ def test_a_job_that_fits_nowhere_gets_a_new_raycluster_which_is_removed_when_idl
 
         [raycluster] = k8s_api.objects("rayclusters", "default")
         name = raycluster["metadata"]["name"]
-        assert handle.cluster == name
+        # submit returned once the RayCluster was asked for: the job waits for it, the loop (wait) places it there
+        assert (handle.record.state, handle.record.awaits, handle.cluster) == (JobState.PROVISIONING, name, None)
         assert raycluster["metadata"]["labels"]["rayfleet.io/fleet"] == "e2e"
         assert raycluster["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "rayfleet"
-        assert "new cluster from template gpu" in ledger.history(handle.submission_id)[0][2]
         assert handle.wait(timeout=120) is JobState.SUCCEEDED
+        assert handle.cluster == name
+        assert "new cluster from template gpu" in ledger.history(handle.submission_id)[0][2]
         assert [c.state for c in ledger.managed(live_only=False)] == ["FAILED", "READY"]  # the 409, then ours
 
         deleted = poll(lambda: fleet.tick(), timeout=60)
@@ -80,13 +82,15 @@ def test_a_cluster_that_is_not_ready_in_time_is_deleted_and_nothing_is_left(
     GPU_SLOW = {**GPU_TEMPLATE, "ready_timeout_s": 2}
     path = fleet_file(tmp_path, k8s_api, templates=[GPU_SLOW])
     ledger = Ledger(tmp_path / "ledger.db")
-    with Fleet.from_file(path, ledger=ledger) as fleet, pytest.raises(NoCapacityError) as caught:
-        fleet.submit("true", {"gpu": 1})
+    with Fleet.from_file(path, ledger=ledger) as fleet:
+        handle = fleet.submit("true", {"gpu": 1})
+        assert handle.record.state is JobState.PROVISIONING
+        assert handle.wait(timeout=60) is JobState.FAILED  # no other template or cluster, and it may not wait
 
-    assert "was not ready within 2 s" in str(caught.value)
+    assert "could not be created: not ready within 2 s" in (handle.record.reason or "")
     assert k8s_api.objects("rayclusters", "default") == []
     assert [c.state for c in ledger.managed(live_only=False)] == ["FAILED"]
-    assert ledger.jobs() == []  # nothing was submitted, so nothing is recorded as submitted
+    assert handle.attempts == ()  # nothing was submitted anywhere
 
 
 def test_a_forbidden_create_names_the_missing_rbac_rule(k8s_api: Any, k8s_operator: Any, tmp_path: Path) -> None:
@@ -98,6 +102,8 @@ def test_a_forbidden_create_names_the_missing_rbac_rule(k8s_api: Any, k8s_operat
 
     assert "403" in str(caught.value)
     assert k8s_api.objects("rayclusters", "default") == []
+    [job] = Ledger(tmp_path / "l.db").jobs()  # recorded before the API was asked, then failed with the reason
+    assert job.state is JobState.FAILED and not job.attempts
     assert plan[1][0].fits and plan[1][0].template == "gpu"
 
 
