@@ -26,6 +26,7 @@ from rayfleet.errors import (
 from rayfleet.fleet import Fleet
 from rayfleet.placement import Decision
 from rayfleet.resources import Resources, format_bytes
+from rayfleet.states import JobState
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -345,10 +346,11 @@ def jobs(
         if refresh and not handle.record.state.is_terminal():
             _run(handle.status)
         record = handle.record
+        waiting = record.state is JobState.PROVISIONING and record.awaits
         table.add_row(
             record.id,
             record.state.value,
-            handle.cluster or "-",
+            f"{record.awaits} (being created)" if waiting else handle.cluster or "-",
             str(len(record.attempts)),
             record.resources.describe(),
             record.entrypoint[:60],

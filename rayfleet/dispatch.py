@@ -1088,6 +1088,9 @@ class Dispatcher:
         for old in job.attempts[:-1]:
             if not old.state.is_terminal():
                 self._stop_stale(job, old)
+        if job.state is JobState.PROVISIONING:  # its cluster is being created: carry the creation on
+            self.advance_creations()
+            return self.ledger.job(job_id)
         attempt = job.last_attempt
         if attempt is None or attempt.state.is_terminal() or attempt.cluster not in self._backends:
             return self.ledger.job(job_id) if job.attempts[:-1] else job
@@ -1219,10 +1222,7 @@ class Dispatcher:
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.1
         while True:
-            job = self.refresh(job_id)
-            if job.state is JobState.PROVISIONING:
-                self.advance_creations()
-                job = self.ledger.job(job_id)
+            job = self.refresh(job_id)  # for a job waiting for its new cluster, this carries the creation on
             if job.state is JobState.QUEUED:
                 self.place_queued()
                 job = self.ledger.job(job_id)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,8 +19,11 @@ from rayfleet.jobs import JobHandle
 from rayfleet.ledger import Ledger
 from rayfleet.placement import Decision
 from rayfleet.resources import Gang, Resources
+from rayfleet.states import JobState
 
 log = logging.getLogger(__name__)
+
+NOTICE_LIMIT = 1000  # the newest jobs of a Fleet object looked at when it closes
 
 
 def _provisioner_from(config: Any, fleet: str) -> Any:
@@ -72,6 +77,8 @@ class Fleet:
         self._dispatcher = Dispatcher(config, self.ledger, provisioners)
         self._loop: threading.Thread | None = None
         self._stop = threading.Event()
+        self._submitted: list[str] = []  # this object's jobs, newest last: named on exit if they still wait
+        self._notice = weakref.finalize(self, _notice_waiting, self.ledger, self._submitted)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> Fleet:
@@ -101,6 +108,7 @@ class Fleet:
         if self._loop is not None:
             self._loop.join(timeout=30)
         self._dispatcher.close()
+        self._notice()  # once: here, or when the object is collected, or at exit
 
     @property
     def clusters(self) -> list[Cluster]:
@@ -217,7 +225,10 @@ class Fleet:
             max_retries=max_retries,
             at_least_once=at_least_once,
         )
-        return JobHandle(self._dispatcher, self._dispatcher.submit(sub))
+        job_id = self._dispatcher.submit(sub)
+        self._submitted.append(job_id)
+        del self._submitted[:-NOTICE_LIMIT]
+        return JobHandle(self._dispatcher, job_id)
 
     def submit_group(
         self,
@@ -271,3 +282,23 @@ class Fleet:
         """The job with this id (raises `JobNotFoundError`)."""
         self.ledger.job(job_id)
         return JobHandle(self._dispatcher, job_id)
+
+
+def _notice_waiting(ledger: Ledger, job_ids: list[str]) -> None:
+    """Say so when jobs this process submitted still wait (queued, or for a cluster being created) as it lets go of
+    them: only a dispatch loop places them, and none runs here any more."""
+    states: Counter[str] = Counter()
+    for job_id in job_ids:
+        try:
+            state = ledger.job(job_id).state
+        except Exception:  # at exit, the ledger may be gone already: the notice is a courtesy
+            return
+        if state in (JobState.QUEUED, JobState.PROVISIONING):
+            states[state.value] += 1
+    if states:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+        log.warning(
+            "%d job(s) submitted here still wait (%s) and nothing in this process carries them on now: run "
+            "'rayfleet dispatch' (or fleet.run()) on ledger %s to place them",
+            sum(states.values()), counts, ledger.path,
+        )  # fmt: skip

@@ -88,6 +88,7 @@ class StageState(str, Enum):
         """The stage state for a job state (UNKNOWN keeps the stage RUNNING: a partition may heal; LOST fails it)."""
         return {
             JobState.QUEUED: cls.PLACING,
+            JobState.PROVISIONING: cls.PLACING,
             JobState.PLACED: cls.PLACING,
             JobState.SUBMITTED: cls.SUBMITTED,
             JobState.RUNNING: cls.RUNNING,

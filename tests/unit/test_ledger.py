@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rayfleet.errors import JobNotFoundError, LedgerError
-from rayfleet.ledger import LEDGER_ENV, MIGRATIONS, AttemptConflict, Ledger, default_path
+from rayfleet.ledger import LEDGER_ENV, MIGRATIONS, AttemptConflict, Ledger, NewCluster, default_path
 from rayfleet.resources import Resources
 from rayfleet.states import JobState
 
@@ -485,3 +485,50 @@ def test_two_creators_at_once_cannot_both_pass_the_cap(path):
     finally:
         for ledger in ledgers:
             ledger.close()
+
+
+# ----- jobs waiting for a new cluster (PROVISIONING) --------------------------------------------------------------
+
+NEW_JOB = {"entrypoint": "python train.py", "request": REQUEST, "runtime_env": None, "metadata": None}
+NEW_JOB["parent_id"] = None
+
+
+def new_cluster(name: str = "c1", cap: int | None = None) -> NewCluster:
+    return NewCluster(name, provisioner="k", template="t", namespace="ml", idle_ttl_s=60, cap=cap)
+
+
+def test_a_new_job_and_its_new_cluster_are_recorded_together(ledger):
+    assert ledger.add_provisioning("j1", new_cluster(), "waiting for c1", job=NEW_JOB)
+    job = ledger.job("j1")
+    assert (job.state, job.awaits, job.reason, job.attempts) == (S.PROVISIONING, "c1", "waiting for c1", ())
+    [record] = ledger.managed()
+    assert (record.name, record.state, record.asked_at) == ("c1", "CREATING", None)
+    assert [j.id for j in ledger.provisioning()] == ["j1"] and ledger.queued() == []
+
+
+def test_at_the_cap_neither_the_job_nor_the_cluster_is_recorded(ledger):
+    assert ledger.add_managed("c0", provisioner="k", template="t", namespace="ml", idle_ttl_s=60)
+    assert not ledger.add_provisioning("j1", new_cluster(cap=1), "waiting", job=NEW_JOB)
+    assert ledger.jobs() == [] and [c.name for c in ledger.managed()] == ["c0"]
+
+
+def test_a_job_can_wait_for_a_cluster_being_created_but_not_for_one_that_failed(ledger):
+    assert ledger.add_managed("c0", provisioner="k", template="t", namespace="ml", idle_ttl_s=60)
+    assert ledger.add_provisioning("j1", "c0", "waiting for c0", job=NEW_JOB)
+    assert ledger.job("j1").awaits == "c0"
+    ledger.update_managed("c0", state="FAILED")
+    assert not ledger.add_provisioning("j2", "c0", "waiting for c0", job=NEW_JOB)
+    assert [j.id for j in ledger.jobs()] == ["j1"]
+
+
+def test_a_provisioning_job_is_placed_requeued_or_stopped_once(ledger):
+    assert ledger.add_provisioning("j1", new_cluster(), "waiting", job=NEW_JOB)
+    ledger.add_attempt("j1", attempt())  # its cluster is ready: placed there
+    assert ledger.job("j1").state is S.PLACED
+    with pytest.raises(AttemptConflict):  # placed: nothing else may take it
+        ledger.add_provisioning("j1", new_cluster("c2"), "waiting", job=None)
+    assert ledger.add_provisioning("j2", new_cluster("c3"), "waiting", job=NEW_JOB)
+    assert ledger.requeue("j2", "waiting: c3 failed") and ledger.job("j2").state is S.QUEUED
+    assert ledger.add_provisioning("j2", new_cluster("c4"), "waiting for c4", job=None)
+    assert ledger.record_job("j2", S.STOPPED, "stopped while PROVISIONING")
+    assert not ledger.record_job("j2", S.FAILED) and ledger.job("j2").state is S.STOPPED

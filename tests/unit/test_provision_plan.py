@@ -174,13 +174,17 @@ def test_a_creation_under_way_elsewhere_counts_against_the_cap(tmp_path):
     other.close()
 
 
-def test_a_job_waits_for_a_creation_under_way_whose_template_holds_it(tmp_path):
+def test_a_job_waits_for_a_creation_under_way_whose_template_holds_it(tmp_path, caplog):
     other = Ledger(tmp_path / "ledger.db")
     assert other.add_managed("elsewhere", provisioner="local", template="gen", namespace="", idle_ttl_s=60, cap=1)
     with Fleet(config=cap_of_one(tmp_path), ledger=Ledger(tmp_path / "ledger.db")) as fleet:
         job = fleet.submit("true", {"gpu": 1})
         assert (job.record.state, job.record.awaits, job.cluster) == (JobState.PROVISIONING, "elsewhere", None)
+        assert "still wait" not in caplog.text
     assert [(c.name, c.state) for c in other.managed(live_only=False)] == [("elsewhere", "CREATING")]
+    # closing the fleet while its job still waits says so, and names what carries it on
+    assert "1 job(s) submitted here still wait (1 PROVISIONING)" in caplog.text
+    assert "rayfleet dispatch" in caplog.text
     other.close()
 
 
