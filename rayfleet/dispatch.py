@@ -1232,7 +1232,8 @@ class Dispatcher:
                 raise TimeoutError(f"job {job_id} is still {job.state.value} after {timeout} s")
             remaining = None if deadline is None else deadline - time.monotonic()
             time.sleep(min(delay, remaining) if remaining is not None else delay)
-            delay = min(delay * 1.5, 1.0)
+            # a cluster being created becomes ready at a moment worth catching: its job is placed on the next look
+            delay = min(delay * 1.5, 0.25 if job.state is JobState.PROVISIONING else 1.0)
 
     def _attempt(self, job_id: str) -> tuple[RayJobs, str]:
         attempt = self.ledger.job(job_id).last_attempt
