@@ -353,9 +353,10 @@ class FleetConfig(BaseModel):
         unknown_after_s: a job's cluster that has not answered for this long makes the job UNKNOWN.
         max_in_flight: the most submissions this process sends to one cluster at the same time (protects heads).
         fair_share: order queued jobs of the same priority by how many active jobs their owner has.
-        placed_grace_s: an attempt recorded PLACED that its cluster still does not have after this long was never
-            submitted (the process placing it died first); it is then marked FAILED and the job placed again. Keep
-            it above the submit retries' bound (10 s).
+        placed_grace_s: an attempt recorded PLACED that its cluster still does not have after this long is fenced:
+            a no-op job takes its submission id on the cluster (Ray refuses a second job under it), so the process
+            that placed it can never start it, even if it was only paused; the attempt is FAILED and the job placed
+            again at once. Shorter only costs a needless fence of a submission still on its way.
         pin_node: pin a one-bundle job to the node placement chose, through Ray's ``node:<ip>`` resource, where that
             node's address is its own (nodes on one machine share one). None (the default): only under
             ``policy: fragmentation``, whose node choice is what keeps its gain (docs/placement_quality.md).
@@ -376,7 +377,7 @@ class FleetConfig(BaseModel):
     unknown_after_s: float = Field(default=30.0, ge=0)
     max_in_flight: int = Field(default=4, ge=1)
     fair_share: bool = False
-    placed_grace_s: float = Field(default=120.0, gt=10.0)
+    placed_grace_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
     pin_node: bool | None = None
 
     @field_validator("name")

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from rayfleet.backends.ray_jobs import RayJobs
 from rayfleet.capacity import ClusterSnapshot, Prober
 from rayfleet.config import FLEET_ENV, POLICIES, Cluster, FleetConfig
 from rayfleet.errors import (
+    AttemptFencedError,
     ClusterError,
     ClusterUnreachableError,
     InvalidRequestError,
@@ -189,11 +190,23 @@ class Dispatcher:
     Args:
         config: the fleet.
         ledger: where jobs are recorded.
+        provisioners: where clusters on demand come from.
+        clock: wall-clock seconds for every timing rule (default: the ledger's clock).
     """
 
-    def __init__(self, config: FleetConfig, ledger: Ledger, provisioners: Sequence[Any] = ()) -> None:
+    def __init__(
+        self,
+        config: FleetConfig,
+        ledger: Ledger,
+        provisioners: Sequence[Any] = (),
+        *,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.config = config
         self.ledger = ledger
+        # every timing rule reads this clock (the ledger's by default): tests move it instead of sleeping. Holds
+        # alone use the wall clock: they are compared with the times in the clusters' own reports
+        self._clock = clock or ledger.clock
         self._provisioners: dict[str, Any] = {p.name: p for p in provisioners}
         self._clusters: dict[str, Cluster] = {c.name: c for c in config.clusters}
         self._managed: dict[str, ManagedClusterRecord] = {}
@@ -284,7 +297,7 @@ class Dispatcher:
             seconds = _number(wait, "wait")
             if not seconds > 0:
                 raise InvalidRequestError(f"wait={wait!r}", "give True, False, or a number of seconds > 0")
-            queue, deadline = True, (time.time() + seconds if seconds != float("inf") else None)
+            queue, deadline = True, (self._clock() + seconds if seconds != float("inf") else None)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise InvalidRequestError(f"priority={priority!r} is not an integer", "give an int; higher runs first")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
@@ -417,7 +430,7 @@ class Dispatcher:
         job_id = f"rf-{uuid.uuid4().hex[:12]}"
         history: list[tuple[str, str]] = []
         outcome = self._place(sub, job_id, 1, frozenset(), history, in_ledger=False)
-        if outcome.settled:
+        if outcome.settled or outcome.conflict:  # on its way (a conflict: another loop has it now)
             return job_id
         assert outcome.decision is not None
         error = self._no_capacity(sub, outcome.decision, history)
@@ -518,6 +531,7 @@ class Dispatcher:
             self._add_job(job_id, sub, attempt=attempt)
         else:
             self.ledger.add_attempt(job_id, attempt, replacing_unknown=replacing_unknown)
+        faults.point("attempt.recorded")
         entrypoint, runtime_env = sub.entrypoint, self._runtime_env(sub, job_id)
         kwargs: dict[str, Any] = {}
         if sub.gang is not None:  # zero entrypoint resources: the launcher reserves the gang, then runs the command
@@ -547,6 +561,10 @@ class Dispatcher:
                     metadata=self._metadata(sub, job_id, n),
                     entrypoint_kwargs=kwargs,
                 )
+        except AttemptFencedError as e:  # paused past the grace: another loop took the id and placed the job again
+            self._drop_hold(target.cluster)
+            log.warning("job %s: %s", job_id, e.message)
+            raise AttemptConflict(e.message) from None
         except ClusterUnreachableError as e:
             self._drop_hold(target.cluster)
             if not self._provably_absent(target.cluster, submission_id):
@@ -562,9 +580,9 @@ class Dispatcher:
             raise
         faults.point("attempt.submitted")
         self.ledger.record(submission_id, JobState.SUBMITTED)
-        self._last_ok[target.cluster] = time.time()
+        self._last_ok[target.cluster] = self._clock()
         if target.cluster in self._managed:
-            self.ledger.update_managed(target.cluster, last_busy_at=time.time())
+            self.ledger.update_managed(target.cluster, last_busy_at=self._clock())
         return True
 
     def _learn_mix(self) -> None:
@@ -614,7 +632,7 @@ class Dispatcher:
         queued = self.ledger.queued()
         if not queued:
             return []
-        now = time.time()
+        now = self._clock()
         active: dict[str, int] = {}
         if self.config.fair_share:
             for job in self.ledger.active():
@@ -778,13 +796,13 @@ class Dispatcher:
             raise
         except Exception as e:  # not the provisioner's own error (a bug, a full disk): still leave nothing behind
             raise ProvisioningError(f"{type(e).__name__}: {e}", "see the log", provisioner=provisioner.name) from e
-        self.ledger.update_managed(name, asked_at=time.time())
+        self.ledger.update_managed(name, asked_at=self._clock())
         faults.point("creation.asked")
 
     def _fail_creation(self, name: str, provisioner: Any, why: str) -> None:
         """Record a creation as FAILED and delete whatever of the cluster exists. Never leak."""
         record = self.ledger.managed_record(name)
-        self.ledger.update_managed(name, state="FAILED", ended_at=time.time(), detail=why)
+        self.ledger.update_managed(name, state="FAILED", ended_at=self._clock(), detail=why)
         if record is not None:
             managed = ManagedCluster(name, record.provisioner, record.template, record.namespace, record.created_at)
             with contextlib.suppress(Exception):
@@ -830,7 +848,7 @@ class Dispatcher:
         if it failed (recorded FAILED and deleted)."""
         template = next((t for t in provisioner.templates if t.name == record.template), None)
         managed = ManagedCluster(record.name, record.provisioner, record.template, record.namespace, record.created_at)
-        now = time.time()
+        now = self._clock()
         try:
             cluster = provisioner.poll(managed)
         except ProvisioningError as e:
@@ -948,7 +966,7 @@ class Dispatcher:
                 log.warning("job %s: %s", job.id, e)
         self.place_queued()
         deleted = []
-        now = time.time()
+        now = self._clock()
         for name in list(self._managed):
             if self.ledger.active_attempts(name):
                 self.ledger.update_managed(name, last_busy_at=now)
@@ -979,7 +997,7 @@ class Dispatcher:
             The names of the clusters deleted.
         """
         deleted = []
-        now = time.time()
+        now = self._clock()
         live = {r.name: r for r in self._live_managed()}  # abandoned creations are FAILED now: not live
         for provisioner in self._provisioners.values():
             for cluster in provisioner.owned():
@@ -1008,7 +1026,7 @@ class Dispatcher:
         """The managed clusters CREATING or READY, read once. A CREATING record whose creator stopped waiting long ago
         (it crashed) is marked FAILED on the way and left out, so it stops counting against ``max_clusters``; `gc`
         deletes whatever of such a cluster exists."""
-        now, live = time.time(), []
+        now, live = self._clock(), []
         for record in self.ledger.managed():
             if record.state == "CREATING" and now - record.created_at >= self._creation_limit(record):
                 self.ledger.update_managed(record.name, state="FAILED", ended_at=now, detail="creator gone")
@@ -1033,7 +1051,7 @@ class Dispatcher:
                         self.ledger.save_logs(attempt.submission_id, backend.logs(attempt.submission_id))
         provisioner = self._provisioners[record.provisioner]
         provisioner.delete(ManagedCluster(name, record.provisioner, record.template, record.namespace))
-        self.ledger.update_managed(name, state="DELETED", ended_at=time.time())
+        self.ledger.update_managed(name, state="DELETED", ended_at=self._clock())
         self._leave(name)
         log.info("deleted idle cluster %s", name)
 
@@ -1062,6 +1080,10 @@ class Dispatcher:
         env_vars.setdefault(FLEET_ENV, self.config.to_env_json())  # templates only: no secret travels
         env["env_vars"] = env_vars
         return env
+
+    @staticmethod
+    def _fence_metadata(job: JobRecord, attempt: AttemptRecord) -> dict[str, str]:
+        return {f"{METADATA_PREFIX}job_id": job.id, f"{METADATA_PREFIX}attempt": str(attempt.n)}
 
     @staticmethod
     def _metadata(sub: Submission, job_id: str, n: int) -> dict[str, str]:
@@ -1100,17 +1122,21 @@ class Dispatcher:
         try:
             info = self._backends[cluster].info(sid)
         except JobNotFoundError:
-            if attempt.state is JobState.PLACED and time.time() - attempt.created_at < self.config.placed_grace_s:
-                return job  # the process that placed it may still be submitting
+            if attempt.state is JobState.PLACED and self._clock() - attempt.created_at < self.config.placed_grace_s:
+                return job  # the process that placed it is submitting it now
             if attempt.state is JobState.PLACED:
-                moved = self.ledger.record(sid, JobState.FAILED, "never submitted: the process placing it stopped")
+                if not self._backends[cluster].fence(sid, self._fence_metadata(job, attempt)):
+                    return job  # it landed just now: the next look finds it
+                moved = self.ledger.record(
+                    sid, JobState.FAILED, "never submitted: the process placing it stopped; its id is fenced"
+                )
             else:
                 moved = self.ledger.record(sid, JobState.LOST, self._loss_reason(cluster, attempt.session))
             return self._after_loss(job_id) if moved else self.ledger.job(job_id)
         except ClusterUnreachableError as e:
             self.snapshots([cluster], max_age=0)  # the prober's verdict from now on: the next turns do not ask again
             return self._unreachable(job, e)
-        self._last_ok[cluster] = time.time()
+        self._last_ok[cluster] = self._clock()
         state = JobState.from_ray(str(info.status))
         if state != attempt.state:
             message = getattr(info, "message", None)
@@ -1134,7 +1160,7 @@ class Dispatcher:
         attempt = job.last_attempt
         assert attempt is not None
         since = max(self._last_ok.get(attempt.cluster, 0.0), attempt.updated_at)
-        silent = time.time() - since
+        silent = self._clock() - since
         if silent < self.config.unknown_after_s:
             return job  # unreachable is not dead: a partition may heal
         if attempt.state is not JobState.UNKNOWN:

@@ -101,6 +101,11 @@ class DuplicateSubmissionError(ClusterError):
     """Ray already has a job with this submission id (a retry after a lost response)."""
 
 
+class AttemptFencedError(ClusterError):
+    """The submission id was taken on the cluster by a no-op job another dispatcher submitted under it (a fence): this
+    attempt never runs; the job was placed again by whoever fenced it."""
+
+
 class JobNotFoundError(RayfleetError, KeyError):
     """No job with this id in the ledger (or on the cluster)."""
 

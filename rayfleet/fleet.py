@@ -7,7 +7,7 @@ import os
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from rayfleet.capacity import ClusterSnapshot
@@ -45,6 +45,8 @@ class Fleet:
         config: a whole `FleetConfig` instead of ``clusters`` and the settings below.
         ledger: the ledger file (default: ``ledger`` of the config, ``$RAYFLEET_LEDGER``, or the user's data dir).
         policy: the default placement policy (``binpack``, ``spread``, ``cost``).
+        provisioners: where clusters on demand come from (default: those of the config).
+        clock: wall-clock seconds for every timing rule and record (default ``time.time``; tests move their own).
 
     Example:
         >>> fleet = Fleet(clusters=[Cluster(name="cpu", address="http://127.0.0.1:8265")])    # doctest: +SKIP
@@ -61,6 +63,7 @@ class Fleet:
         ledger: str | os.PathLike[str] | Ledger | None = None,
         policy: str | None = None,
         provisioners: Sequence[Any] | None = None,
+        clock: Callable[[], float] | None = None,
         **settings: Any,
     ) -> None:
         if config is None:
@@ -71,10 +74,13 @@ class Fleet:
         elif policy or settings:
             config = FleetConfig.build(**{**config.model_dump(), **settings, **({"policy": policy} if policy else {})})
         self.config = config
-        self.ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger or config.ledger)
+        if isinstance(ledger, Ledger):
+            self.ledger = ledger
+        else:
+            self.ledger = Ledger(ledger or config.ledger, **({"clock": clock} if clock else {}))
         if provisioners is None:
             provisioners = [_provisioner_from(p, config.name) for p in config.provisioners]
-        self._dispatcher = Dispatcher(config, self.ledger, provisioners)
+        self._dispatcher = Dispatcher(config, self.ledger, provisioners, clock=clock)
         self._loop: threading.Thread | None = None
         self._stop = threading.Event()
         self._submitted: list[str] = []  # this object's jobs, newest last: named on exit if they still wait

@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,6 +200,7 @@ class Ledger:
 
     Args:
         path: the SQLite file; created (readable by the user only) with its directory if missing.
+        clock: wall-clock seconds stamped on records (tests pass one they move by hand).
 
     Example:
         >>> ledger = Ledger("/tmp/example-ledger.db")       # doctest: +SKIP
@@ -207,6 +208,7 @@ class Ledger:
     """
 
     path: Path | str | None = None
+    clock: Callable[[], float] = field(default=time.time, repr=False)  # the time stamped on every record
     _conn: sqlite3.Connection = field(init=False, repr=False)
     _lock: threading.RLock = field(init=False, repr=False, default_factory=threading.RLock)
 
@@ -292,7 +294,7 @@ class Ledger:
     ) -> None:
         """Record a new job, QUEUED (``detail`` says why), or with its first attempt PLACED (``attempt``:
         submission_id, cluster, ...)."""
-        now = time.time()
+        now = self.clock()
         with self._tx() as tx:
             self._insert_job(tx, job_id, now, entrypoint, request, runtime_env, metadata, parent_id)
             if attempt is None:
@@ -333,7 +335,7 @@ class Ledger:
         Raises:
             AttemptConflict: the job was placed, stopped or finished by another process meanwhile.
         """
-        now = time.time()
+        now = self.clock()
         with self._tx() as tx:
             if job is not None:
                 self._insert_job(tx, job_id, now, **job)
@@ -372,7 +374,7 @@ class Ledger:
             if state not in movable or attempt["n"] != last_n + 1:
                 raise AttemptConflict(f"job {job_id} is {state.value} with {last_n} attempts: not placing again")
             try:
-                self._insert_attempt(tx, job_id, attempt, time.time())
+                self._insert_attempt(tx, job_id, attempt, self.clock())
             except sqlite3.IntegrityError as e:
                 raise AttemptConflict(f"attempt {attempt['n']} of job {job_id} exists: {e}") from None
 
@@ -384,7 +386,7 @@ class Ledger:
             state, last_n = self._effective(tx, job_id)
             if state is not JobState.PROVISIONING and (last_n == 0 or state not in (JobState.FAILED, JobState.LOST)):
                 return False
-            _transition(tx, job_id, None, JobState.QUEUED, time.time(), detail)
+            _transition(tx, job_id, None, JobState.QUEUED, self.clock(), detail)
             return True
 
     @staticmethod
@@ -452,7 +454,7 @@ class Ledger:
             job_id, old = row[0], JobState(row[1]) if row[1] else None
             if old == state or not can_move(old, state):
                 return False
-            _transition(tx, job_id, submission_id, state, time.time(), detail)
+            _transition(tx, job_id, submission_id, state, self.clock(), detail)
             return True
 
     def record_job(self, job_id: str, state: JobState, detail: str | None = None) -> bool:
@@ -465,7 +467,7 @@ class Ledger:
             waiting = old in (JobState.QUEUED, JobState.PROVISIONING) and state in (JobState.FAILED, JobState.STOPPED)
             if not (waiting or verdict):
                 return False
-            _transition(tx, job_id, None, state, time.time(), detail)
+            _transition(tx, job_id, None, state, self.clock(), detail)
             return True
 
     # ----- managed clusters and saved logs -------------------------------------------------------------------------
@@ -488,7 +490,7 @@ class Ledger:
         """
         cluster = NewCluster(name, provisioner, template, namespace, idle_ttl_s, cap)
         with self._tx() as tx:
-            return self._insert_managed(tx, cluster, time.time())
+            return self._insert_managed(tx, cluster, self.clock())
 
     @staticmethod
     def _insert_managed(tx: sqlite3.Connection, cluster: NewCluster, now: float) -> bool:
@@ -536,7 +538,7 @@ class Ledger:
     def save_logs(self, submission_id: str, logs: str) -> None:
         """Keep an attempt's final logs (its cluster is about to be deleted)."""
         with self._tx() as tx:
-            tx.execute("INSERT OR REPLACE INTO saved_logs VALUES (?, ?, ?)", (submission_id, time.time(), logs))
+            tx.execute("INSERT OR REPLACE INTO saved_logs VALUES (?, ?, ?)", (submission_id, self.clock(), logs))
 
     def saved_logs(self, submission_id: str) -> str | None:
         with self._lock:

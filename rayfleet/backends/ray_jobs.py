@@ -15,7 +15,16 @@ from tenacity import Retrying
 
 from rayfleet import retry
 from rayfleet.config import Cluster, warn_if_plain_http
-from rayfleet.errors import ClusterError, ClusterUnreachableError, DuplicateSubmissionError, JobNotFoundError
+from rayfleet.errors import (
+    AttemptFencedError,
+    ClusterError,
+    ClusterUnreachableError,
+    DuplicateSubmissionError,
+    JobNotFoundError,
+)
+
+FENCE_KEY = "rayfleet.fence"  # metadata of a no-op job that takes a submission id so that no one else can run it
+FENCE_ENTRYPOINT = "true"
 
 T = TypeVar("T")
 
@@ -123,7 +132,11 @@ class RayJobs:
         metadata: Mapping[str, str] | None = None,
         entrypoint_kwargs: Mapping[str, Any] | None = None,
     ) -> str:
-        """Submit with a fixed submission id. A retry that meets "already exists" succeeds once the job is found."""
+        """Submit with a fixed submission id. A retry that meets "already exists" succeeds once the job is found.
+
+        Raises:
+            AttemptFencedError: the id is taken by a fence (`fence`): this submission must never run.
+        """
 
         def once() -> str:
             return self.client.submit_job(
@@ -137,8 +150,30 @@ class RayJobs:
         try:
             return self._call(once, policy=retry.SUBMIT)
         except DuplicateSubmissionError:
-            self.status(submission_id)  # it exists: our earlier try got through (raises JobNotFoundError if not)
+            info = self.info(submission_id)  # it exists: our earlier try got through (raises JobNotFoundError if not)
+            if (getattr(info, "metadata", None) or {}).get(FENCE_KEY):
+                raise AttemptFencedError(
+                    f"submission {submission_id} was fenced on {self.cluster.name}: another dispatcher took its id",
+                    "nothing to do: the job was placed again by the dispatcher that fenced it",
+                    cluster=self.cluster.name,
+                ) from None
             return submission_id
+
+    def fence(self, submission_id: str, metadata: Mapping[str, str]) -> bool:
+        """Take a submission id with a no-op job, so that a submitter that placed it and stopped (crashed, paused)
+        can never start it later: Ray refuses a second job under an existing id. Returns True if the fence took the
+        id, False if the submission had landed first (it exists and is not a fence)."""
+        try:
+            self._call(
+                lambda: self.client.submit_job(
+                    entrypoint=FENCE_ENTRYPOINT, submission_id=submission_id, metadata={**metadata, FENCE_KEY: "1"}
+                ),
+                policy=retry.SUBMIT,
+            )
+        except DuplicateSubmissionError:
+            info = self.info(submission_id)
+            return bool((getattr(info, "metadata", None) or {}).get(FENCE_KEY))  # our own earlier try, or theirs
+        return True
 
     def status(self, submission_id: str) -> str:
         return str(self._call(lambda: self.client.get_job_status(submission_id), policy=retry.READ, job=submission_id))

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from pathlib import Path
 
@@ -22,14 +21,16 @@ import pytest
 from ray.job_submission import JobSubmissionClient
 
 from rayfleet import Cluster, Fleet
+from rayfleet.faults import FAULT_ENV
 from rayfleet.ledger import Ledger
 from rayfleet.states import JobState
+from tests.clock import ManualClock
 from tests.polling import poll
 from tests.reliability.conftest import drive, dump, ledger_matches_ray, marker, ray_jobs, started
 
 pytestmark = pytest.mark.integration
 
-GRACE_S = 11.0  # placed_grace_s: the smallest the fleet allows is just over 10 s
+GRACE_S = 5.0  # placed_grace_s, its default: then a PLACED attempt its cluster does not have is fenced
 
 BURST = textwrap.dedent(
     """
@@ -114,30 +115,101 @@ def _placed(ledger: Ledger, fleet: Fleet, command: str) -> tuple[str, str]:
     return job_id, f"{job_id}-1"
 
 
-def test_a_crash_between_recorded_placed_and_submitted_fails_the_attempt_after_the_grace_and_places_again(
+def test_a_crash_between_recorded_placed_and_submitted_fences_the_attempt_after_the_grace_and_places_again(
     stable_clusters: list[Cluster], tmp_path: Path
 ) -> None:
     ledger_path, ran = tmp_path / "ledger.db", tmp_path / "ran"
-    fleet = Fleet(stable_clusters, ledger=ledger_path, placed_grace_s=GRACE_S)
+    clock = ManualClock()
+    fleet = Fleet(stable_clusters, ledger=ledger_path, placed_grace_s=GRACE_S, clock=clock)
     try:
-        ledger = Ledger(ledger_path)
-        job_id, _ = _placed(ledger, fleet, marker(ran))  # ... and the process died before submitting
-        t0 = time.time()
+        ledger = fleet.ledger
+        job_id, sid = _placed(ledger, fleet, marker(ran))  # ... and the process died before submitting
+        clock.advance(GRACE_S - 0.5)
         fleet.tick()
-        fleet.tick()
-        if time.time() - t0 < GRACE_S:  # within the grace, the placing process may still be submitting
-            job = ledger.job(job_id)
-            assert [a.state for a in job.attempts] == [JobState.PLACED], dump(ledger, {job_id})
-        drive(fleet, lambda: ledger.job(job_id).state is JobState.SUCCEEDED, timeout=60 + GRACE_S)
+        # within the grace, the placing process may still be submitting: nothing is done
+        assert [a.state for a in ledger.job(job_id).attempts] == [JobState.PLACED], dump(ledger, {job_id})
+        assert ray_jobs(stable_clusters[0].address, {job_id}) == []
+        clock.advance(1.0)
+        drive(fleet, lambda: ledger.job(job_id).state is JobState.SUCCEEDED, timeout=60)
         first, second = ledger.job(job_id).attempts
         assert first.state is JobState.FAILED and "never submitted" in (first.detail or "")
-        assert first.updated_at - first.created_at >= GRACE_S
+        assert "fenced" in (first.detail or "")
         assert second.cluster == "b"  # its cluster is tried last
-        assert ray_jobs(stable_clusters[0].address, {job_id}) == []  # Ray never had attempt 1
+        # on "a", attempt 1's id is taken by the fence (a no-op), so its submitter could never start it there
+        assert [(s, st) for s, _, st in ray_jobs(stable_clusters[0].address, {job_id})] == [(sid, "SUCCEEDED")]
+        fence = JobSubmissionClient(stable_clusters[0].address).get_job_info(sid)
+        assert fence.entrypoint == "true" and fence.metadata.get("rayfleet.fence") == "1"
         assert [s for s, _, _ in ray_jobs(stable_clusters[1].address, {job_id})] == [f"{job_id}-2"]
         assert started(ran) == [f"{job_id}-2"]
     finally:
         fleet.close()
+
+
+STOPPED_SUBMITTER = textwrap.dedent(
+    """
+    import json, sys
+    from rayfleet import Cluster, Fleet
+    ledger, clusters, command = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    fleet = Fleet([Cluster(name=k, address=v) for k, v in clusters.items()], ledger=ledger)
+    print(fleet.submit(command).id, flush=True)
+    """
+)
+
+
+def test_a_submitter_paused_between_record_and_submit_is_fenced_and_the_command_runs_once(
+    stable_clusters: list[Cluster], tmp_path: Path
+) -> None:
+    """A laptop closed at the worst moment: the attempt is recorded PLACED, nothing is sent. Another loop fences it
+    and runs the job; when the first process goes on, its submission meets the fence and it backs off."""
+    ledger_path, ran = tmp_path / "ledger.db", tmp_path / "ran"
+    script = tmp_path / "submit.py"
+    script.write_text(STOPPED_SUBMITTER)
+    addresses = {c.name: c.address for c in stable_clusters}
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(ledger_path), json.dumps(addresses), marker(ran)],
+        env={**os.environ, FAULT_ENV: "attempt.recorded:stop"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
+    try:
+        poll(lambda: _process_state(child.pid) in ("T", None), timeout=60, interval=0.05)  # stopped itself
+        assert child.poll() is None, child.communicate()[1][-3000:]
+        clock = ManualClock()
+        with Fleet(stable_clusters, ledger=ledger_path, placed_grace_s=GRACE_S, clock=clock) as fleet:
+            [job] = fleet.ledger.jobs()
+            [placed] = job.attempts
+            assert placed.state is JobState.PLACED
+            clock.advance(GRACE_S + 1)
+            drive(fleet, lambda: fleet.ledger.job(job.id).state is JobState.SUCCEEDED, timeout=60)
+            os.kill(child.pid, signal.SIGCONT)  # the laptop opens: the first process sends its submission now
+            out, err = child.communicate(timeout=60)
+            assert child.returncode == 0, err[-3000:]
+            assert out.split() == [job.id]  # it returned the job, which another loop carries
+            first, second = fleet.ledger.job(job.id).attempts
+            assert first.state is JobState.FAILED and "fenced" in (first.detail or "")
+            assert second.state is JobState.SUCCEEDED
+        everywhere = sorted(r for c in stable_clusters for r in ray_jobs(c.address, {job.id}))
+        assert [(s, st) for s, _, st in everywhere] == [
+            (first.submission_id, "SUCCEEDED"),
+            (second.submission_id, "SUCCEEDED"),
+        ]
+        assert started(ran) == [second.submission_id]  # the user's command ran once
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+            child.communicate(timeout=30)
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter of a process (R, S, T for stopped ...), None once it has exited."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    state = text[text.rindex(")") + 2]
+    return None if state in "ZX" else state
 
 
 def test_a_crash_between_submitted_and_recorded_submitted_adopts_rays_state_without_a_second_submission(
