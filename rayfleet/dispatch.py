@@ -33,6 +33,20 @@ from rayfleet.errors import (
     UnknownClusterError,
 )
 from rayfleet.ledger import AttemptConflict, AttemptRecord, JobRecord, Ledger, ManagedClusterRecord, NewCluster
+from rayfleet.lifecycle import (
+    WAIT,
+    AttemptView,
+    Observation,
+    Rules,
+    Seen,
+    Step,
+    creation_step,
+    follow,
+    loss_reason,
+    queue_expired,
+    retry_after_loss,
+)
+from rayfleet.lifecycle import Creation as CreationStep
 from rayfleet.placement import Decision, Hold, PlacementRequest, place
 from rayfleet.placement.fragmentation import refresh_live_mix
 from rayfleet.placement.provision import (
@@ -71,6 +85,7 @@ CREATING_MARGIN_S = 60.0
 # that stopped in between (crashed, or paused): the loop asks in its place. Asking twice is harmless (the second ask
 # finds the cluster, as a retry would), so this only keeps the loop from racing a creator that is about to ask.
 ASK_GRACE_S = 5.0
+CREATOR_GONE = "creator gone"  # the detail of a creation given up because its creator stopped waiting long ago
 
 
 @dataclass(frozen=True)
@@ -166,6 +181,13 @@ class Submission:
             at_least_once=bool(request.get("at_least_once", False)),
             group=request.get("group"),
         )
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A creation that failed; ``avoid``: its template was at fault (do not use it again for its jobs at once)."""
+
+    avoid: bool
 
 
 @dataclass
@@ -642,8 +664,7 @@ class Dispatcher:
         while waiting:
             job = next_in_queue(waiting, active)
             waiting.remove(job)
-            deadline = job.request.get("queue_deadline")
-            if deadline is not None and now >= deadline:
+            if queue_expired(job.request.get("queue_deadline"), now):
                 self.ledger.record_job(job.id, JobState.FAILED, "waited in the queue past its deadline (wait=...)")
                 continue
             sub = Submission.from_job(job)
@@ -826,8 +847,9 @@ class Dispatcher:
                 ready = self._poll_creation(record, provisioner)
                 if ready is None:
                     continue
-                if ready is False:
-                    waiting[record.name] = jobs  # failed: placed again below, with the others
+                if ready is not True:  # failed: its jobs go elsewhere (the same template again if none was at fault)
+                    for job in jobs:
+                        self._creation_failed_quietly(job, self.ledger.managed_record(record.name), avoid=ready.avoid)
                     continue
             elif record.name not in self._clusters:
                 if not record.address:
@@ -836,39 +858,47 @@ class Dispatcher:
                 self._join(cluster, record)  # READY, recorded by another process
             for job in jobs:
                 self._place_on_new(job, record)
-        for name, jobs in waiting.items():  # their cluster failed, expired or was deleted
+        for name, jobs in waiting.items():  # their cluster failed or was deleted elsewhere, or its creator is gone
+            record = self.ledger.managed_record(name)
             for job in jobs:
-                try:
-                    self._creation_failed(job, self.ledger.managed_record(name))
-                except RayfleetError as e:  # one job's trouble must not stop the turn
-                    log.warning("job %s: %s", job.id, e)
+                self._creation_failed_quietly(job, record, avoid=record is None or record.detail != CREATOR_GONE)
 
-    def _poll_creation(self, record: ManagedClusterRecord, provisioner: Any) -> bool | None:
-        """One look at a creation: True once it is ready (recorded READY and joined), None while it starts, False
-        if it failed (recorded FAILED and deleted)."""
+    def _creation_failed_quietly(self, job: JobRecord, record: ManagedClusterRecord | None, *, avoid: bool) -> None:
+        try:
+            self._creation_failed(job, record, avoid=avoid)
+        except RayfleetError as e:  # one job's trouble must not stop the turn
+            log.warning("job %s: %s", job.id, e)
+
+    def _poll_creation(self, record: ManagedClusterRecord, provisioner: Any) -> bool | _Failed | None:
+        """One look at a creation: True once it is ready (recorded READY and joined), None while it starts,
+        `_Failed` if it failed (recorded FAILED and deleted)."""
         template = next((t for t in provisioner.templates if t.name == record.template), None)
         managed = ManagedCluster(record.name, record.provisioner, record.template, record.namespace, record.created_at)
+        limit = template.ready_timeout_s if template is not None else 600.0
         now = self._clock()
+        cluster, why = None, f"not ready within {limit:g} s"
         try:
-            cluster = provisioner.poll(managed)
+            cluster, exists = provisioner.poll(managed), True
         except ProvisioningError as e:
-            error = e
-            if e.status == 404 and record.asked_at is None and template is not None:
-                if now - record.created_at < ASK_GRACE_S:
-                    return None  # its creator is about to ask
-                try:
-                    self._ask(provisioner, template, record.name)  # its creator stopped before asking
-                    return None
-                except ProvisioningError as again:
-                    error = again
-            self._fail_creation(record.name, provisioner, error.message)
-            return False
-        if cluster is None:
-            limit = template.ready_timeout_s if template is not None else 600.0
-            if now - record.created_at <= limit:
+            if e.status != 404:
+                self._fail_creation(record.name, provisioner, e.message)
+                return _Failed(avoid=not e.abandoned)
+            exists, why = False, e.message
+        step = creation_step(
+            ready=cluster is not None, exists=exists, asked_at=record.asked_at, created_at=record.created_at,
+            now=now, ready_timeout_s=limit, ask_grace_s=ASK_GRACE_S,
+        )  # fmt: skip
+        if step is CreationStep.ASK and template is not None:
+            try:
+                self._ask(provisioner, template, record.name)  # its creator stopped before asking
                 return None
-            self._fail_creation(record.name, provisioner, f"not ready within {limit:g} s")
-            return False
+            except ProvisioningError as e:
+                step, why = CreationStep.FAIL, e.message
+        if step is CreationStep.WAIT:
+            return None
+        if step is not CreationStep.JOIN or cluster is None:
+            self._fail_creation(record.name, provisioner, why)
+            return _Failed(avoid=True)
         self.ledger.update_managed(
             record.name, state="READY", address=cluster.address, labels=cluster.labels, ready_at=now, last_busy_at=now
         )
@@ -918,12 +948,12 @@ class Dispatcher:
         made = gang_creations(sub.gang, state) if sub.gang is not None else creations(sub.resources, state)
         return next((c for c in made if c.fits), None)
 
-    def _creation_failed(self, job: JobRecord, record: ManagedClusterRecord | None) -> None:
-        """The cluster a job waited for will not be ready: place the job again (another cluster or template), else
-        queue it (``wait``) or fail it with the reason."""
+    def _creation_failed(self, job: JobRecord, record: ManagedClusterRecord | None, *, avoid: bool = True) -> None:
+        """The cluster a job waited for will not be ready: place the job again (another cluster, or a template other
+        than its own when ``avoid``), else queue it (``wait``) or fail it with the reason."""
         why = f"cluster {job.awaits} could not be created: {record.detail if record else 'it has no record'}"
         sub = Submission.from_job(job)
-        avoid = frozenset({f"{record.provisioner}/{record.template}"} if record else ())
+        avoid = frozenset({f"{record.provisioner}/{record.template}"} if record and avoid else ())
         history = [(job.awaits or "?", why)]
         outcome = self._place(sub, job.id, len(job.attempts) + 1, frozenset(), history, in_ledger=True, avoid=avoid)
         if outcome.settled or outcome.conflict:
@@ -1029,7 +1059,7 @@ class Dispatcher:
         now, live = self._clock(), []
         for record in self.ledger.managed():
             if record.state == "CREATING" and now - record.created_at >= self._creation_limit(record):
-                self.ledger.update_managed(record.name, state="FAILED", ended_at=now, detail="creator gone")
+                self.ledger.update_managed(record.name, state="FAILED", ended_at=now, detail=CREATOR_GONE)
             else:
                 live.append(record)
         return live
@@ -1116,78 +1146,63 @@ class Dispatcher:
         attempt = job.last_attempt
         if attempt is None or attempt.state.is_terminal() or attempt.cluster not in self._backends:
             return self.ledger.job(job_id) if job.attempts[:-1] else job
-        sid, cluster = attempt.submission_id, attempt.cluster
+        view = AttemptView(attempt.state, attempt.cluster, attempt.created_at, attempt.updated_at, attempt.session)
+        rules = Rules(placed_grace_s=self.config.placed_grace_s, unknown_after_s=self.config.unknown_after_s)
+        at_least_once, grouped = bool(job.request.get("at_least_once")), job.request.get("group") is not None
+        step = follow(view, self._look(attempt), self._clock(), rules, at_least_once=at_least_once, grouped=grouped)
+        return self._act(job, attempt, step)
+
+    def _look(self, attempt: AttemptRecord) -> Observation:
+        """Ask an attempt's cluster for it once (not at all if the prober knows the cluster is down)."""
+        cluster, last_ok = attempt.cluster, self._last_ok.get(attempt.cluster, 0.0)
         if (down := self._known_down(cluster)) is not None:
-            return self._unreachable(job, down)
+            return Observation(Seen.UNREACHABLE, message=down.message, last_ok=last_ok)
         try:
-            info = self._backends[cluster].info(sid)
+            info = self._backends[cluster].info(attempt.submission_id)
         except JobNotFoundError:
-            if attempt.state is JobState.PLACED and self._clock() - attempt.created_at < self.config.placed_grace_s:
-                return job  # the process that placed it is submitting it now
-            if attempt.state is JobState.PLACED:
-                if not self._backends[cluster].fence(sid, self._fence_metadata(job, attempt)):
-                    return job  # it landed just now: the next look finds it
-                moved = self.ledger.record(
-                    sid, JobState.FAILED, "never submitted: the process placing it stopped; its id is fenced"
-                )
-            else:
-                moved = self.ledger.record(sid, JobState.LOST, self._loss_reason(cluster, attempt.session))
-            return self._after_loss(job_id) if moved else self.ledger.job(job_id)
+            session = None if attempt.state is JobState.PLACED else self.prober.read_session(cluster)
+            return Observation(Seen.ABSENT, session=session, last_ok=last_ok)
         except ClusterUnreachableError as e:
             self.snapshots([cluster], max_age=0)  # the prober's verdict from now on: the next turns do not ask again
-            return self._unreachable(job, e)
+            return Observation(Seen.UNREACHABLE, message=e.message, last_ok=last_ok)
         self._last_ok[cluster] = self._clock()
-        state = JobState.from_ray(str(info.status))
-        if state != attempt.state:
-            message = getattr(info, "message", None)
-            not_reserved = state is JobState.FAILED and _not_reserved(message)
-            detail = f"not reserved within the start timeout: {message}" if not_reserved else message
-            moved = self.ledger.record(sid, state, detail)
-            job = self.ledger.job(job_id)
-            if moved and not_reserved and job.request.get("group") is None:  # a group retries as a whole
-                return self._again(job, exclude=frozenset(a.cluster for a in job.attempts))
-        return job
+        return Observation(Seen.STATUS, status=str(info.status), message=getattr(info, "message", None))
 
-    def _loss_reason(self, cluster: str, session: str | None) -> str:
-        now = self.prober.read_session(cluster)
-        if session and now and now != session:
-            return f"cluster {cluster} restarted (Ray session {session} -> {now}) and lost the job"
-        return f"cluster {cluster} no longer has the job"
-
-    def _unreachable(self, job: JobRecord, error: ClusterUnreachableError) -> JobRecord:
-        """The newest attempt's cluster does not answer: UNKNOWN after the grace period; at-least-once jobs are then
-        placed again."""
-        attempt = job.last_attempt
-        assert attempt is not None
-        since = max(self._last_ok.get(attempt.cluster, 0.0), attempt.updated_at)
-        silent = self._clock() - since
-        if silent < self.config.unknown_after_s:
-            return job  # unreachable is not dead: a partition may heal
-        if attempt.state is not JobState.UNKNOWN:
-            self.ledger.record(
-                attempt.submission_id,
-                JobState.UNKNOWN,
-                f"cluster {attempt.cluster} has not answered for {silent:.0f} s ({error.message})",
-            )
-            job = self.ledger.job(job.id)
-        if job.request.get("at_least_once") and job.state is JobState.UNKNOWN:
+    def _act(self, job: JobRecord, attempt: AttemptRecord, step: Step) -> JobRecord:
+        """Carry out `follow`'s step: fence, record, then place again (or fail the job) as it says."""
+        if step == WAIT:
+            return job
+        sid = attempt.submission_id
+        if step.fence and not self._backends[attempt.cluster].fence(sid, self._fence_metadata(job, attempt)):
+            return job  # the real submission landed just now: the next look finds it
+        moved = step.record is None or self.ledger.record(sid, step.record, step.detail)
+        job = self.ledger.job(job.id)
+        if not moved:
+            return job  # another process moved it first
+        if step.lost:
+            return self._after_loss(job)
+        if not step.again:
+            return job
+        if step.replacing_unknown:
+            if job.state is not JobState.UNKNOWN:
+                return job
             log.warning("job %s: cluster %s is unreachable; placing it again (at-least-once)", job.id, attempt.cluster)
             return self._again(job, exclude=frozenset({attempt.cluster}), replacing_unknown=True)
-        return job
+        tried = frozenset(a.cluster for a in job.attempts) if step.exclude_tried else frozenset({attempt.cluster})
+        return self._again(job, exclude=tried)
 
-    def _after_loss(self, job_id: str) -> JobRecord:
-        """The newest attempt was lost (or never submitted): place the job again if it may be, else fail it."""
-        job = self.ledger.job(job_id)
+    def _after_loss(self, job: JobRecord) -> JobRecord:
+        """The newest attempt was lost: place the job again if ``max_retries`` allows, else fail it."""
         attempt = job.last_attempt
         assert attempt is not None
         lost = sum(1 for a in job.attempts if a.state is JobState.LOST)
         allowed = int(job.request.get("max_retries", 0))
-        if attempt.state is JobState.LOST and lost > allowed:
+        if not retry_after_loss(lost, allowed):
             self.ledger.record_job(
-                job_id, JobState.FAILED, f"lost on {attempt.cluster}: {attempt.detail}; max_retries={allowed}"
+                job.id, JobState.FAILED, f"lost on {attempt.cluster}: {attempt.detail}; max_retries={allowed}"
             )
-            return self.ledger.job(job_id)
-        log.warning("job %s: %s; placing it again (%d/%d)", job_id, attempt.detail, lost, allowed)
+            return self.ledger.job(job.id)
+        log.warning("job %s: %s; placing it again (%d/%d)", job.id, attempt.detail, lost, allowed)
         return self._again(job, exclude=frozenset({attempt.cluster}))
 
     def _stop_stale(self, job: JobRecord, attempt: AttemptRecord) -> None:
@@ -1205,7 +1220,7 @@ class Dispatcher:
                 attempt.submission_id, status, f"stale: the job was placed again as attempt {len(job.attempts)}"
             )
         except JobNotFoundError:
-            self.ledger.record(attempt.submission_id, JobState.LOST, self._loss_reason(attempt.cluster, None))
+            self.ledger.record(attempt.submission_id, JobState.LOST, loss_reason(attempt.cluster, None, None))
         except ClusterError:
             self.snapshots([attempt.cluster], max_age=0)  # still unreachable: the prober says when to try again
             return
@@ -1352,11 +1367,6 @@ def _default_owner() -> str:
         return os.environ.get("RAYFLEET_OWNER") or getpass.getuser()
     except (KeyError, OSError):  # pragma: no cover - no user name in a bare container
         return ""
-
-
-def _not_reserved(message: str | None) -> bool:
-    """Whether Ray's message says the launcher gave up waiting for its reservation (the command never ran)."""
-    return bool(message) and f"exit code {launch.RESERVATION_TIMEOUT_EXIT}" in message  # type: ignore[operator]
 
 
 def _template(provisioner: Any, name: str) -> ClusterTemplate:

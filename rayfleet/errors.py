@@ -132,14 +132,24 @@ class ProvisioningError(RayfleetError):
         provisioner: the provisioner's name.
         cluster: the cluster's name, when one was created.
         status: the HTTP status from the infrastructure's API, when there was one.
+        abandoned: the creation stopped because its creator did (crashed), not because of the cluster or its
+            template: the same template may be tried again at once.
     """
 
     def __init__(
-        self, message: str, hint: str = "", *, provisioner: str, cluster: str | None = None, status: int | None = None
+        self,
+        message: str,
+        hint: str = "",
+        *,
+        provisioner: str,
+        cluster: str | None = None,
+        status: int | None = None,
+        abandoned: bool = False,
     ) -> None:
         self.provisioner = provisioner
         self.cluster = cluster
         self.status = status
+        self.abandoned = abandoned
         super().__init__(message, hint)
 
 

@@ -149,12 +149,17 @@ class LocalProvisioner:
                 raise self._failed(cluster.name, "its processes have stopped", where)
             return self._as_cluster(cluster, running[0])
         if not _creator_alive(where / CREATOR_FILE):
-            raise self._failed(cluster.name, "the process creating it stopped before it was ready", where)
+            why = "the process creating it stopped before it was ready"
+            raise self._failed(cluster.name, why, where, abandoned=True)
         return None
 
-    def _failed(self, name: str, why: str, where: Path) -> ProvisioningError:
+    def _failed(self, name: str, why: str, where: Path, *, abandoned: bool = False) -> ProvisioningError:
         return ProvisioningError(
-            f"local cluster {name}: {why}", f"see its log in {where}", provisioner=self.name, cluster=name
+            f"local cluster {name}: {why}",
+            f"see its log in {where}",
+            provisioner=self.name,
+            cluster=name,
+            abandoned=abandoned,
         )
 
     def _as_cluster(self, cluster: ManagedCluster, running: RunningCluster) -> Cluster:

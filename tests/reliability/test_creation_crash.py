@@ -22,7 +22,7 @@ from rayfleet import Fleet, JobState
 from rayfleet.config import FleetConfig
 from rayfleet.faults import FAULT_ENV
 from rayfleet.ledger import Ledger
-from tests.reliability.conftest import marker, started
+from tests.reliability.conftest import dump, marker, started
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +74,7 @@ def test_a_submitter_killed_during_a_creation_loses_nothing_and_runs_the_job_onc
     [recorded] = ledger.jobs()  # recorded before it died, whatever the point
     with Fleet(config=FleetConfig.build(**data), ledger=ledger_path) as fleet:
         job = fleet.job(recorded.id)
-        assert job.wait(timeout=240) is JobState.SUCCEEDED, job.record
+        assert job.wait(timeout=240) is JobState.SUCCEEDED, dump(ledger, {recorded.id})
         assert started(ran) == [job.submission_id]  # the command ran once, under the attempt that succeeded
         states = {c.name: c.state for c in ledger.managed(live_only=False)}
         assert states[job.cluster] == "READY"
