@@ -1131,9 +1131,10 @@ class KubeAPIServer:
                     item = await asyncio.wait_for(watcher.queue.get(), timeout=min(remaining, 1.0))
                 except asyncio.TimeoutError:
                     if request.transport is None or request.transport.is_closing():
-                        return response  # the client went away
+                        return response  # the client went away (the finally unregisters the watcher)
                     continue
                 if item is _DROP_ABRUPT:
+                    self._unwatch(watcher)  # before the client can see the reset: see _unwatch
                     if request.transport is not None:
                         request.transport.abort()
                     return response
@@ -1142,17 +1143,28 @@ class KubeAPIServer:
                 for event in watcher.events_for(item):
                     await response.write(json.dumps(event).encode() + b"\n")
             else:
+                self._unwatch(watcher)
                 if bookmarks:
                     mark = {"apiVersion": rt.api_version, "kind": rt.kind,
                             "metadata": {"resourceVersion": str(self.store.rv)}}  # fmt: skip
                     await response.write(json.dumps({"type": "BOOKMARK", "object": mark}).encode() + b"\n")
+            self._unwatch(watcher)  # (a clean drop comes here by the break) before the end of the stream is sent
             await response.write_eof()
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             pass  # the client closed the stream (Watch.stop(), a timeout on its side)
         finally:
-            with self.store.lock:
-                self.store.watchers.discard(watcher)
+            self._unwatch(watcher)  # every other way out: the client went away, an error
         return response
+
+    def _unwatch(self, watcher: Watcher) -> None:
+        """Take a watch out of ``active_watches`` (and out of reach of events and drops); idempotent.
+
+        A stream that ends must leave the set *before* its last bytes (the end of the chunked stream, the reset, the
+        BOOKMARK) go out: a client that has seen its watch end, and a test that then waits for ``active_watches`` to
+        count a new watch or drops "every open watch", must never still find the finished one there.
+        """
+        with self.store.lock:
+            self.store.watchers.discard(watcher)
 
     # -- discovery
 

@@ -389,6 +389,8 @@ def test_dropped_watches(k8s_api: KubeAPIServer, objects: client.CustomObjectsAp
     assert k8s_api.faults.drop_watches() == 1
     clean.join(timeout=5)
     assert not clean.is_alive() and outcome["clean"] == []  # the stream ended normally, long before its 30 s
+    # a watch the client has seen end is no longer counted, so the poll below waits for the next watch itself
+    assert k8s_api.active_watches == 0
 
     abrupt = threading.Thread(target=consume, args=("abrupt",), daemon=True)
     abrupt.start()
@@ -396,6 +398,8 @@ def test_dropped_watches(k8s_api: KubeAPIServer, objects: client.CustomObjectsAp
     assert k8s_api.faults.drop_watches(abrupt=True) == 1
     abrupt.join(timeout=5)
     assert not abrupt.is_alive() and isinstance(outcome["abrupt"], urllib3.exceptions.ProtocolError)
+    assert k8s_api.active_watches == 0
+    assert len(k8s_api.requests_matching("WATCH")) == 2  # neither drop made the client watch again
 
 
 def test_injected_watch_errors_do_not_touch_reads(k8s_api: KubeAPIServer, objects: client.CustomObjectsApi) -> None:
