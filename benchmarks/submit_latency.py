@@ -119,7 +119,7 @@ class Stages:
 
         Prober._get = counted_get  # type: ignore[method-assign]
         place_module = sys.modules["rayfleet.placement.place"]
-        dispatch_module = sys.modules["rayfleet.dispatch"]
+        dispatch_module = sys.modules["rayfleet.dispatch.placing"]
         dispatch_module.place = self._wrap(place_module.place, "place")  # type: ignore[attr-defined]
 
     def _wrap(self, fn: Callable[..., Any], label: str) -> Callable[..., Any]:
