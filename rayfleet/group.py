@@ -142,7 +142,7 @@ def submit_group(
     for i, sub in enumerate(subs):
         spec = {"uri": root, "id": group_id, "member": i, "size": len(subs), "timeout_s": timeout}
         try:
-            job_id = dispatcher.submit(dataclasses.replace(sub, group=spec))  # type: ignore[call-arg]
+            job_id = dispatcher.submit(sub.model_copy(update={"group": spec}))
         except Exception as e:
             why = str(getattr(e, "message", e)).splitlines()[0]
             handle._withdraw(f"member {i} could not be submitted: {why}")

@@ -41,8 +41,9 @@ class Following:
             return self.ledger.job(job_id) if job.attempts[:-1] else job
         view = AttemptView(attempt.state, attempt.cluster, attempt.created_at, attempt.updated_at, attempt.session)
         rules = Rules(placed_grace_s=self.config.placed_grace_s, unknown_after_s=self.config.unknown_after_s)
-        at_least_once, grouped = bool(job.request.get("at_least_once")), job.request.get("group") is not None
-        step = follow(view, self._look(attempt), self._clock(), rules, at_least_once=at_least_once, grouped=grouped)
+        sub = Submission.from_job(job)
+        grouped = sub.group is not None
+        step = follow(view, self._look(attempt), self._clock(), rules, at_least_once=sub.at_least_once, grouped=grouped)
         return self._act(job, attempt, step)
 
     def _look(self, attempt: AttemptRecord) -> Observation:
@@ -89,7 +90,7 @@ class Following:
         attempt = job.last_attempt
         assert attempt is not None
         lost = sum(1 for a in job.attempts if a.state is JobState.LOST)
-        allowed = int(job.request.get("max_retries", 0))
+        allowed = Submission.from_job(job).max_retries
         if not retry_after_loss(lost, allowed):
             self.ledger.record_job(
                 job.id, JobState.FAILED, f"lost on {attempt.cluster}: {attempt.detail}; max_retries={allowed}"

@@ -34,10 +34,10 @@ class Queue:
         while waiting:
             job = next_in_queue(waiting, active)
             waiting.remove(job)
-            if queue_expired(job.request.get("queue_deadline"), now):
+            sub = Submission.from_job(job)
+            if queue_expired(sub.queue_deadline, now):
                 self.ledger.record_job(job.id, JobState.FAILED, "waited in the queue past its deadline (wait=...)")
                 continue
-            sub = Submission.from_job(job)
             outcome = self._place(sub, job.id, len(job.attempts) + 1, frozenset(), [], in_ledger=True)
             if outcome.settled:
                 placed.append(job.id)

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayfleet.errors import InvalidRequestError
+from pydantic import BaseModel, ConfigDict, Field
+
+from rayfleet.errors import InvalidRequestError, LedgerError
 from rayfleet.ledger import JobRecord
 from rayfleet.placement import Decision, PlacementRequest
 from rayfleet.provisioning.templates import ClusterTemplate
@@ -56,27 +58,32 @@ class _Target:
     pin: str | None = None  # Ray's node:<ip> resource of the node placement chose, when the job is pinned to it
 
 
-@dataclass(frozen=True)
-class Submission:
-    """A validated request to run one job."""
+REQUEST_VERSION = 1  # of the request as the ledger stores it (`Submission.to_json`)
+_STORED_APART = frozenset({"entrypoint", "runtime_env", "metadata", "parent_id"})  # the ledger's own columns
+
+
+class Submission(BaseModel):
+    """A validated request to run one job: frozen, stored in the ledger as versioned JSON and read back as itself."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     entrypoint: str
-    resources: Resources
-    runtime_env: Mapping[str, Any] | None
-    labels: Mapping[str, str]
-    cluster: str | None
-    policy: str
-    metadata: Mapping[str, str]
-    parent_id: str | None
+    resources: Resources = Field(default_factory=Resources)
+    runtime_env: dict[str, Any] | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    cluster: str | None = None
+    policy: str = "binpack"
+    metadata: dict[str, str] = Field(default_factory=dict)
+    parent_id: str | None = None
     gang: Gang | None = None
-    start_timeout_s: float = DEFAULT_START_TIMEOUT_S
+    start_timeout_s: float = Field(default=DEFAULT_START_TIMEOUT_S, gt=0, allow_inf_nan=False)
     queue: bool = False  # when nothing can take it now: wait in the queue instead of failing
-    queue_deadline: float | None = None  # when a queued job gives up (time.time() seconds)
+    queue_deadline: float | None = None  # when a queued job gives up (wall-clock seconds)
     priority: int = 0
     owner: str = ""
-    max_retries: int = 0  # new attempts after a proven loss of its cluster
+    max_retries: int = Field(default=0, ge=0)  # new attempts after a proven loss of its cluster
     at_least_once: bool = False  # also place it again when its cluster stays unreachable (it may then run twice)
-    group: Mapping[str, Any] | None = None  # the rendezvous of a group of jobs (rayfleet.group)
+    group: dict[str, Any] | None = None  # the rendezvous of a group of jobs (rayfleet.group)
 
     def request(self, exclude: frozenset[str] = frozenset()) -> PlacementRequest:
         return PlacementRequest(self.resources, dict(self.labels), self.cluster, self.policy, exclude, self.gang)
@@ -90,50 +97,36 @@ class Submission:
         return self.gang is not None or not self.resources.is_empty
 
     def to_json(self) -> dict[str, Any]:
-        """What the ledger keeps of the request, enough to place the job again (failover, the queue, a retry)."""
-        out: dict[str, Any] = {
-            "resources": self.resources.model_dump(mode="json"),
-            "labels": dict(self.labels),
-            "cluster": self.cluster,
-            "policy": self.policy,
-            "start_timeout_s": self.start_timeout_s,
-            "queue": self.queue,
-            "queue_deadline": self.queue_deadline,
-            "priority": self.priority,
-            "owner": self.owner,
-            "max_retries": self.max_retries,
-            "at_least_once": self.at_least_once,
-        }
-        if self.gang is not None:
-            out["gang"] = self.gang.model_dump(mode="json")
-        if self.group is not None:
-            out["group"] = dict(self.group)
-        return out
+        """What the ledger keeps of the request (the rest has columns of its own), with its version."""
+        return {"version": REQUEST_VERSION, **self.model_dump(mode="json", exclude=set(_STORED_APART))}
 
     @classmethod
     def from_job(cls, job: JobRecord) -> Submission:
-        request = job.request
-        gang = request.get("gang")
-        return cls(
-            entrypoint=job.entrypoint,
-            resources=Resources(**request.get("resources", {})),
-            runtime_env=job.runtime_env,
-            labels=dict(request.get("labels") or {}),
-            cluster=request.get("cluster"),
-            policy=request.get("policy", "binpack"),
-            metadata=dict(job.metadata or {}),
-            parent_id=job.parent_id,
-            gang=Gang(**gang) if gang else None,
-            start_timeout_s=request.get(
-                "start_timeout_s", request.get("reservation_timeout_s", DEFAULT_START_TIMEOUT_S)
-            ),
-            queue=bool(request.get("queue", False)),
-            queue_deadline=request.get("queue_deadline"),
-            priority=int(request.get("priority", 0)),
-            owner=str(request.get("owner") or ""),
-            max_retries=int(request.get("max_retries", 0)),
-            at_least_once=bool(request.get("at_least_once", False)),
-            group=request.get("group"),
+        """The submission a ledger job was made from, whichever rayfleet version recorded it.
+
+        Raises:
+            LedgerError: the ledger holds a request of a newer version than this rayfleet reads.
+        """
+        request = dict(job.request)
+        version = request.pop("version", 0)
+        if version > REQUEST_VERSION:
+            raise LedgerError(
+                f"job {job.id} was recorded by a newer rayfleet (request version {version}, this one reads "
+                f"{REQUEST_VERSION})",
+                "upgrade rayfleet on this machine",
+            )
+        if version == 0:  # recorded before requests were versioned: an older name, and nulls for empty fields
+            if "reservation_timeout_s" in request:
+                request.setdefault("start_timeout_s", request.pop("reservation_timeout_s"))
+            request = {k: v for k, v in request.items() if v is not None or k in ("cluster", "queue_deadline")}
+        return cls.model_validate(
+            {
+                **request,
+                "entrypoint": job.entrypoint,
+                "runtime_env": job.runtime_env,
+                "metadata": dict(job.metadata or {}),
+                "parent_id": job.parent_id,
+            }
         )
 
 
