@@ -18,20 +18,24 @@ from rayfleet.errors import (
     StageFailedError,
     UnknownClusterError,
 )
-from rayfleet.fleet import Fleet
+from rayfleet.fleet import Fleet, local_fleet
 from rayfleet.group import GroupHandle, GroupMember
 from rayfleet.jobs import JobHandle
 from rayfleet.pipeline import Pipeline, PipelineResult, Stage, StageRun, StageState
-from rayfleet.provisioning.local import (
-    LocalAutoscaling,
-    LocalClusterSpec,
-    LocalFleet,
-    LocalNodeSpec,
-    LocalWorkerType,
-    local_fleet,
-)
 from rayfleet.resources import Gang, Resources
 from rayfleet.states import JobState
+
+# The embedded local fleet starts processes and reads /proc (Linux): loaded on first use, not by `import rayfleet`.
+_LOCAL = ("LocalAutoscaling", "LocalClusterSpec", "LocalFleet", "LocalNodeSpec", "LocalWorkerType")
+
+
+def __getattr__(name: str) -> object:
+    if name in _LOCAL:
+        from rayfleet.provisioning import local
+
+        return getattr(local, name)
+    raise AttributeError(f"module 'rayfleet' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from rayfleet.errors import ConfigError, InsecureAddressWarning
-from rayfleet.provisioning.templates import ClusterTemplate
+from rayfleet.templates import ClusterTemplate
 
 POLICIES = ("binpack", "spread", "cost", "fragmentation")
 Policy = Literal["binpack", "spread", "cost", "fragmentation"]

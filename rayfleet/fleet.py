@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from rayfleet.capacity import ClusterSnapshot
 from rayfleet.config import Cluster, FleetConfig
@@ -21,12 +22,16 @@ from rayfleet.placement import Decision
 from rayfleet.resources import Gang, Resources
 from rayfleet.states import JobState
 
+if TYPE_CHECKING:
+    from rayfleet.provisioning.base import Provisioner
+    from rayfleet.provisioning.local import LocalClusterSpec
+
 log = logging.getLogger(__name__)
 
 NOTICE_LIMIT = 1000  # the newest jobs of a Fleet object looked at when it closes
 
 
-def _provisioner_from(config: Any, fleet: str) -> Any:
+def _provisioner_from(config: Any, fleet: str) -> Provisioner:
     """The provisioner a config entry describes (imported on use: the kubernetes client is optional)."""
     if config.kind == "local":
         from rayfleet.provisioning.local_provisioner import LocalProvisioner
@@ -62,7 +67,7 @@ class Fleet:
         config: FleetConfig | None = None,
         ledger: str | os.PathLike[str] | Ledger | None = None,
         policy: str | None = None,
-        provisioners: Sequence[Any] | None = None,
+        provisioners: Sequence[Provisioner] | None = None,
         clock: Callable[[], float] | None = None,
         **settings: Any,
     ) -> None:
@@ -308,3 +313,30 @@ def _notice_waiting(ledger: Ledger, job_ids: list[str]) -> None:
             "'rayfleet dispatch' (or fleet.run()) on ledger %s to place them",
             sum(states.values()), counts, ledger.path,
         )  # fmt: skip
+
+
+@contextlib.contextmanager
+def local_fleet(
+    clusters: Sequence[LocalClusterSpec] | None = None,
+    *,
+    name: str = "default",
+    port_base: int | None = None,
+    directory: str | os.PathLike[str] | None = None,
+    **fleet_kwargs: Any,
+) -> Iterator[Fleet]:
+    """Start a local fleet (default: the demo fleet, "cpu" and "gpu"), yield a `Fleet` over it, stop it on exit.
+
+    Example:
+        >>> with local_fleet() as fleet:                                 # doctest: +SKIP
+        ...     fleet.submit("python -c 'print(1)'", {"cpu": 1}).wait(60)
+    """
+    from rayfleet.provisioning.local import DEMO_FLEET, LocalFleet  # processes and /proc: only when asked for
+
+    running = LocalFleet(DEMO_FLEET if clusters is None else clusters, name=name, port_base=port_base,
+                         directory=directory)  # fmt: skip
+    with running:
+        fleet = Fleet.from_file(running.fleet_file, **fleet_kwargs)
+        try:
+            yield fleet
+        finally:
+            fleet.close()

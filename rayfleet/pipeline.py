@@ -35,9 +35,9 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from rayfleet.errors import InvalidPipelineError, RayfleetError, StageFailedError
-from rayfleet.provisioning.templates import ClusterTemplate
 from rayfleet.resources import Resources
 from rayfleet.states import JobState
+from rayfleet.templates import ClusterTemplate
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -155,7 +155,7 @@ class Stage:
         if self.template is not None and not isinstance(self.template, ClusterTemplate):
             raise InvalidPipelineError(
                 f"stage {self.name}: template={self.template!r} is not a ClusterTemplate",
-                "pass rayfleet.provisioning.templates.ClusterTemplate(...) (the one the fleet's provisioner has)",
+                "pass rayfleet.templates.ClusterTemplate(...) (the one the fleet's provisioner has)",
                 stage=self.name,
             )
         if self.template is not None and not self.template.labels:

@@ -15,7 +15,7 @@ Policies (all score with rayfleet's own code in `rayfleet.placement`):
 with a fresh random pick per decision instead, FGD leaves 10.3% unallocated on the default trace, not 4.7%.
 - ``binpack``: rayfleet's existing default node score (`policies.binpack`) over the aggregate arrays a snapshot
   has; GPU by best fit. For reference.
-- ``live``: ``policy="fragmentation"`` exactly as the dispatcher runs it: `policies.NODE_SCORES["fragmentation"]`
+- ``live``: ``policy="fragmentation"`` exactly as the dispatcher runs it: `policies.node_score("fragmentation", mix)`
   over the aggregate arrays (per-node free GPU only, so it assumes packed fractions), then Ray assigns the GPU
   (modelled as best fit).
 
@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rayfleet.placement.fragmentation import (
-    LIVE_MIX,
     MILLI,
     Fragmentation,
     NodeState,
@@ -42,7 +41,7 @@ from rayfleet.placement.fragmentation import (
     fgd_score,
     leftover,
 )
-from rayfleet.placement.policies import NODE_SCORES, binpack
+from rayfleet.placement.policies import binpack, node_score
 from rayfleet.resources import Resources
 
 POLICIES = ("random", "bestfit", "fgd", "fragmentation", "binpack", "live")
@@ -108,8 +107,8 @@ class Replayer:
         models[np.flatnonzero(has), state.model[has]] = 1.0
         self._live_total = np.column_stack([self._totals, models])
         self._live_models = models
-        if policy == "live":
-            LIVE_MIX.use(mix)  # this process's dispatcher, configured with the trace's typical mix
+        # as a dispatcher configured with the trace's typical mix scores a node
+        self._live_score = node_score("fragmentation", mix) if policy == "live" else None
         self._resources = {
             s: Resources(cpu=s.cpu_milli / MILLI, gpu=s.total_gpu_milli / MILLI, memory=s.memory) for s in shapes
         }
@@ -134,9 +133,8 @@ class Replayer:
             else:
                 free = np.column_stack([free, self._live_models[rows]])
                 vec = np.concatenate([vec, np.zeros(len(self.state.models))])
-                score = NODE_SCORES["fragmentation"](
-                    free, self._live_total[rows], vec, self._live_keys, self._resources[shape]
-                )
+                assert self._live_score is not None
+                score = self._live_score(free, self._live_total[rows], vec, self._live_keys, self._resources[shape])
             return rows, [rows, score], None
         assert self.frag is not None
         c = self.frag.candidates(state, shape, rows)

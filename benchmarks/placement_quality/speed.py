@@ -25,7 +25,7 @@ from benchmarks.placement_quality.trace import Nodes, arrival_order, load_nodes,
 from rayfleet.capacity import ClusterSnapshot
 from rayfleet.config import Cluster
 from rayfleet.placement import PlacementRequest, place
-from rayfleet.placement.fragmentation import LIVE_MIX, MILLI, NodeState, RequestMix, Shape
+from rayfleet.placement.fragmentation import MILLI, NodeState, RequestMix, Shape
 from rayfleet.resources import Resources
 
 FILL = 0.7
@@ -79,18 +79,16 @@ def measure(base: Replayer, timed: list[Shape], mix: RequestMix, node_count: int
         out[f"replay/{policy}"] = {"wall_ms": stats_ms(wall), "cpu_ms": stats_ms(cpu)}
     snap = snapshot_of(state, load_nodes().replicate(node_count))
     clusters = [Cluster(name="trace", address="http://127.0.0.1:8265")]
-    LIVE_MIX.use(mix)
     for policy in ("binpack", "fragmentation"):
         wall, cpu = [], []
         for shape in timed:
             resources = Resources(cpu=shape.cpu_milli / MILLI, gpu=shape.total_gpu_milli / MILLI, memory=shape.memory)
             request = PlacementRequest(resources, policy=policy)
             t0, c0 = time.perf_counter(), time.thread_time()
-            place(request, clusters, {"trace": snap})
+            place(request, clusters, {"trace": snap}, mix=mix)
             cpu.append(time.thread_time() - c0)
             wall.append(time.perf_counter() - t0)
         out[f"place/{policy}"] = {"wall_ms": stats_ms(wall), "cpu_ms": stats_ms(cpu)}
-    LIVE_MIX.use(None)
     return out
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from rayfleet.config import FleetConfig
 from rayfleet.pipeline import Pipeline, PipelineResult, Stage, artifact_uri, open_uri
-from rayfleet.provisioning.templates import ClusterTemplate
+from rayfleet.templates import ClusterTemplate
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data" / "python3.11-doc"

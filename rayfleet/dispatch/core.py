@@ -34,7 +34,8 @@ from rayfleet.dispatch.submission import (
 from rayfleet.errors import InvalidRequestError, ProvisioningError, RayfleetError, UnknownClusterError
 from rayfleet.ledger import Ledger, ManagedClusterRecord
 from rayfleet.placement import Hold
-from rayfleet.provisioning.base import ManagedCluster
+from rayfleet.placement.fragmentation import RequestMix
+from rayfleet.provisioning.base import ManagedCluster, Provisioner
 from rayfleet.resources import Gang, Resources
 
 log = logging.getLogger("rayfleet.dispatch")
@@ -54,7 +55,7 @@ class Dispatcher(Placing, Queue, Creations, Following):
         self,
         config: FleetConfig,
         ledger: Ledger,
-        provisioners: Sequence[Any] = (),
+        provisioners: Sequence[Provisioner] = (),
         *,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -63,7 +64,7 @@ class Dispatcher(Placing, Queue, Creations, Following):
         # every timing rule reads this clock (the ledger's by default): tests move it instead of sleeping. Holds
         # alone use the wall clock: they are compared with the times in the clusters' own reports
         self._clock = clock or ledger.clock
-        self._provisioners: dict[str, Any] = {p.name: p for p in provisioners}
+        self._provisioners: dict[str, Provisioner] = {p.name: p for p in provisioners}
         self._clusters: dict[str, Cluster] = {c.name: c for c in config.clusters}
         self._managed: dict[str, ManagedClusterRecord] = {}
         self._annotated: dict[str, float] = {}
@@ -75,6 +76,7 @@ class Dispatcher(Placing, Queue, Creations, Following):
         )
         self._backends = {c.name: RayJobs(c) for c in config.clusters}
         self._since_mix = 0  # submissions since policy="fragmentation" last learned the typical request mix
+        self._mix: RequestMix | None = None  # this fleet's own: another Fleet in the process has its own
         self._learn_mix()
         self._holds: list[Hold] = []
         self._lock = threading.Lock()

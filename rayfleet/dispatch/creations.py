@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 from rayfleet import faults
 from rayfleet.capacity import ClusterSnapshot
@@ -32,9 +31,9 @@ from rayfleet.placement.provision import (
     gang_headroom,
     headroom,
 )
-from rayfleet.provisioning.base import ManagedCluster
-from rayfleet.provisioning.templates import ClusterTemplate
+from rayfleet.provisioning.base import ManagedCluster, Provisioner
 from rayfleet.states import JobState
+from rayfleet.templates import ClusterTemplate
 
 log = logging.getLogger("rayfleet.dispatch")
 
@@ -175,7 +174,7 @@ class Creations:
                 return name, True
         return None, in_ledger
 
-    def _ask(self, provisioner: Any, template: ClusterTemplate, name: str) -> None:
+    def _ask(self, provisioner: Provisioner, template: ClusterTemplate, name: str) -> None:
         """Ask the provisioner to create a recorded cluster, and record that it was asked."""
         try:
             provisioner.create(template, name)
@@ -186,7 +185,7 @@ class Creations:
         self.ledger.update_managed(name, asked_at=self._clock())
         faults.point("creation.asked")
 
-    def _fail_creation(self, name: str, provisioner: Any, why: str) -> None:
+    def _fail_creation(self, name: str, provisioner: Provisioner, why: str) -> None:
         """Record a creation as FAILED and delete whatever of the cluster exists. Never leak."""
         record = self.ledger.managed_record(name)
         self.ledger.update_managed(name, state="FAILED", ended_at=self._clock(), detail=why)
@@ -235,7 +234,7 @@ class Creations:
         except RayfleetError as e:  # one job's trouble must not stop the turn
             log.warning("job %s: %s", job.id, e)
 
-    def _poll_creation(self, record: ManagedClusterRecord, provisioner: Any) -> bool | _Failed | None:
+    def _poll_creation(self, record: ManagedClusterRecord, provisioner: Provisioner) -> bool | _Failed | None:
         """One look at a creation: True once it is ready (recorded READY and joined), None while it starts,
         `_Failed` if it failed (recorded FAILED and deleted)."""
         template = next((t for t in provisioner.templates if t.name == record.template), None)

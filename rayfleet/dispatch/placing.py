@@ -27,7 +27,7 @@ from rayfleet.dispatch.submission import (
 from rayfleet.errors import AttemptFencedError, ClusterError, ClusterUnreachableError, JobNotFoundError, NoCapacityError
 from rayfleet.ledger import AttemptConflict, AttemptRecord, JobRecord
 from rayfleet.placement import Decision, Hold, place
-from rayfleet.placement.fragmentation import refresh_live_mix
+from rayfleet.placement.fragmentation import learn_mix
 from rayfleet.states import JobState
 
 log = logging.getLogger("rayfleet.dispatch")
@@ -46,7 +46,7 @@ class Placing:
     def _decide(self, sub: Submission, exclude: frozenset[str]) -> tuple[Decision, dict[str, ClusterSnapshot]]:
         names = [sub.cluster] if sub.cluster else None
         snapshots = self.snapshots(names)
-        decision = place(sub.request(exclude), self.clusters, snapshots, self._live_holds(snapshots))
+        decision = place(sub.request(exclude), self.clusters, snapshots, self._live_holds(snapshots), mix=self._mix)
         return decision, snapshots
 
     def _pin(self, sub: Submission, snapshot: ClusterSnapshot | None, node_id: str | None) -> str | None:
@@ -285,7 +285,7 @@ class Placing:
         """The request mix ``policy="fragmentation"`` measures against: the fleet's ``fragmentation_mix``, else the
         typical shapes of the ledger's last 1000 jobs."""
         recent = (job.resources for job in self.ledger.jobs(limit=1000))
-        refresh_live_mix(self.config.fragmentation_mix, () if self.config.fragmentation_mix else recent)
+        self._mix = learn_mix(self.config.fragmentation_mix, () if self.config.fragmentation_mix else recent)
 
     def _add_job(
         self, job_id: str, sub: Submission, *, attempt: Mapping[str, Any] | None = None, detail: str | None = None

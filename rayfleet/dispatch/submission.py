@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from rayfleet.errors import InvalidRequestError, LedgerError
 from rayfleet.ledger import JobRecord
 from rayfleet.placement import Decision, PlacementRequest
-from rayfleet.provisioning.templates import ClusterTemplate
+from rayfleet.provisioning.base import Provisioner
 from rayfleet.resources import Gang, Resources
+from rayfleet.templates import ClusterTemplate
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def _default_owner() -> str:
         return ""
 
 
-def _template(provisioner: Any, name: str) -> ClusterTemplate:
+def _template(provisioner: Provisioner, name: str) -> ClusterTemplate:
     return next(t for t in provisioner.templates if t.name == name)
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -506,29 +505,6 @@ def best_fit_gpu(state: NodeState, node: int, shape: Shape) -> int:
 # ----- the live policy: policy="fragmentation" ----------------------------------------------------------------------
 
 
-class LiveMix:
-    """The request mix the live policy measures against: configured, learned from the ledger, or absent.
-
-    Without a mix, a request is measured against its own shape (the fragmentation that would stop the next one like
-    it). Thread-safe: the dispatcher may learn a new mix while placements run.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._mix: RequestMix | None = None
-
-    def use(self, mix: RequestMix | None) -> None:
-        with self._lock:
-            self._mix = mix
-
-    def get(self) -> RequestMix | None:
-        with self._lock:
-            return self._mix
-
-
-LIVE_MIX = LiveMix()
-
-
 def mix_from_config(entries: Iterable[Mapping[str, object] | object]) -> RequestMix | None:
     """A mix from the fleet's ``fragmentation_mix`` entries (cpu, gpu, accelerators, weight); ``None`` when empty."""
     weighted: dict[Shape, float] = {}
@@ -546,29 +522,37 @@ def mix_from_requests(requests: Iterable[Resources], coverage: float = COVERAGE)
     return RequestMix.typical(shapes, coverage) if shapes else None
 
 
-def refresh_live_mix(
-    configured: Iterable[Mapping[str, object] | object], recent: Iterable[Resources]
-) -> RequestMix | None:
-    """Set the mix of ``policy="fragmentation"``: the fleet's ``fragmentation_mix`` if set, else the typical mix of
-    ``recent`` requests (the dispatcher's ledger), else none (each request is measured against its own shape).
+def learn_mix(configured: Iterable[Mapping[str, object] | object], recent: Iterable[Resources]) -> RequestMix | None:
+    """The mix ``policy="fragmentation"`` measures against: the fleet's ``fragmentation_mix`` if set, else the typical
+    mix of ``recent`` requests (the dispatcher's ledger), else ``None`` (each request measured against its own shape).
 
-    Example (what the dispatcher calls at start and every few hundred submissions):
-        >>> recent = (job.resources for job in ledger.jobs(limit=1000))  # doctest: +SKIP
-        >>> refresh_live_mix(config.fragmentation_mix, recent)  # doctest: +SKIP
+    Pure: the caller keeps the mix and passes it to `rayfleet.placement.place` (``mix=``).
+
+    Example:
+        >>> learn_mix([{"cpu": 4, "gpu": 1}], []).shapes
+        (Shape(cpu_milli=4000, gpu_milli=1000, gpus=1, memory=0, accelerators=frozenset()),)
+        >>> learn_mix([], []) is None
+        True
     """
-    mix = mix_from_config(configured) or mix_from_requests(recent)
-    LIVE_MIX.use(mix)
-    return mix
+    return mix_from_config(configured) or mix_from_requests(recent)
 
 
 def live_growth(
-    free: np.ndarray, total: np.ndarray, vec: np.ndarray, keys: Sequence[str], request: Resources
+    free: np.ndarray,
+    total: np.ndarray,
+    vec: np.ndarray,
+    keys: Sequence[str],
+    request: Resources,
+    *,
+    mix: RequestMix | None = None,
 ) -> np.ndarray:
     """Node score for ``policy="fragmentation"``, per row (lower is better): `rank` of the fragmentation growth.
 
-    Same signature as the other node scores in `rayfleet.placement.policies`; `place` takes the best node per
-    cluster and ranks clusters by it, so a cluster is scored by the growth at its best node. A CPU-only request on
-    a GPU node grows fragmentation when it leaves too few CPUs for the mix's GPU shapes, so it goes elsewhere.
+    The node-score signature of `rayfleet.placement.policies`, plus the request ``mix`` to measure against (`learn_mix`;
+    ``None``: the request's own shape, the fragmentation that would stop the next one like it). `place` takes the
+    best node per cluster and ranks clusters by it, so a cluster is scored by the growth at its best node. A CPU-only
+    request on a GPU node grows fragmentation when it leaves too few CPUs for the mix's GPU shapes, so it goes
+    elsewhere.
     """
     state = NodeState.from_rows(free, total, keys)
     shape = Shape.of(request)
@@ -576,7 +560,7 @@ def live_growth(
     if any(k.startswith(ACCELERATOR_PREFIX) and v > 0 for k, v in zip(keys, asked, strict=True)):
         # place() already chose one model for this vector and kept only its rows: measure without the constraint
         shape = Shape(shape.cpu_milli, shape.gpu_milli, shape.gpus, shape.memory, frozenset())
-    frag = _measure(LIVE_MIX.get() or RequestMix.of({shape: 1.0}), state.models)
+    frag = _measure(mix or RequestMix.of({shape: 1.0}), state.models)
     c = frag.candidates(state, shape, np.arange(state.size))
     # a row place() found fitting with no candidate (the packing assumption was wrong): rank it after all others
     out = np.full(state.size, float(UNRANKED))

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from rayfleet.placement.fit import fit_mask, request_vector
-from rayfleet.placement.policies import GPU_SPARE_WEIGHT, NODE_SCORES, _capacity_keys
+from rayfleet.placement.fragmentation import RequestMix
+from rayfleet.placement.policies import GPU_SPARE_WEIGHT, _capacity_keys, node_score
 from rayfleet.resources import EPSILON, Gang
 
 Assignment = list[int]
@@ -104,19 +105,22 @@ def gang_score(
     gang: Gang,
     assignment: Sequence[int],
     accelerator: str | None = None,
+    *,
+    mix: RequestMix | None = None,
 ) -> float:
     """Score an assignment with the node policy (lower is better), over the nodes the gang touches.
 
     ``binpack`` and ``cost`` add up each touched node's leftover (as fractions of its size, `policies.binpack`), so
     the cluster whose nodes the gang fills most, leaving the least stranded, wins; a gang that asks for no GPU pays
     for every GPU node it touches. ``spread`` takes the mean of `policies.spread` over the touched nodes.
+    ``fragmentation`` adds up `fragmentation.live_growth` against ``mix``.
     """
     vecs = bundle_vectors(keys, gang, accelerator)
     assert vecs is not None, "score only an assignment that fit_gang returned"
     load = np.zeros_like(free, dtype=float)
     np.add.at(load, np.asarray(assignment, dtype=int), vecs)
     rows = np.unique(np.asarray(assignment, dtype=int))
-    scores = NODE_SCORES[policy](free[rows], total[rows], load[rows], list(keys), gang.total)
+    scores = node_score(policy, mix)(free[rows], total[rows], load[rows], list(keys), gang.total)
     return float(scores.mean() if policy == "spread" else scores.sum())
 
 

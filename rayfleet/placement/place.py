@@ -11,8 +11,9 @@ from rayfleet.capacity import ClusterSnapshot, describe_node
 from rayfleet.config import POLICIES, Cluster
 from rayfleet.errors import InvalidRequestError
 from rayfleet.placement.fit import Hold, effective_free, fit_mask, request_vector
+from rayfleet.placement.fragmentation import RequestMix
 from rayfleet.placement.gang import bundle_vectors, distinct_fit_count, fit_gang, gang_score
-from rayfleet.placement.policies import NODE_SCORES, cluster_key
+from rayfleet.placement.policies import cluster_key, node_score
 from rayfleet.resources import ACCELERATOR_PREFIX, EPSILON, Gang, Resources
 
 
@@ -86,6 +87,8 @@ def place(
     clusters: Sequence[Cluster],
     snapshots: Mapping[str, ClusterSnapshot],
     holds: Sequence[Hold] = (),
+    *,
+    mix: RequestMix | None = None,
 ) -> Decision:
     """Choose a cluster and node for a request. Pure: no I/O, deterministic for equal inputs.
 
@@ -94,6 +97,8 @@ def place(
         clusters: the fleet's clusters (labels, prices).
         snapshots: the latest reading of each cluster, by name.
         holds: this dispatcher's recent placements not yet visible in the snapshots.
+        mix: the request mix ``policy="fragmentation"`` measures against (`fragmentation.learn_mix`); ``None``
+            measures each request against its own shape. The other policies ignore it.
 
     Returns:
         A `Decision`; ``decision.chosen`` is ``None`` when nothing fits, and ``decision.rejects`` says why.
@@ -115,7 +120,7 @@ def place(
         assert snapshot is not None
         mine = [h for h in holds if h.cluster == cluster.name]
         best_on = _best_gang_on if request.gang is not None else _best_on
-        options.append(best_on(request, cluster, snapshot, mine))
+        options.append(best_on(request, cluster, snapshot, mine, mix))
     recent = {c.name: sum(1 for h in holds if h.cluster == c.name) for c in clusters}
     # equal scores (jobs that ask for nothing): the cluster this dispatcher sent fewer jobs to lately, then by name
     fitting = sorted((o for o in options if o.fits), key=lambda o: (o.score, recent.get(o.cluster, 0), o.cluster))
@@ -141,11 +146,17 @@ def _precheck(request: PlacementRequest, cluster: Cluster, snapshot: ClusterSnap
     return ""
 
 
-def _best_on(request: PlacementRequest, cluster: Cluster, snap: ClusterSnapshot, holds: Sequence[Hold]) -> Option:
+def _best_on(
+    request: PlacementRequest,
+    cluster: Cluster,
+    snap: ClusterSnapshot,
+    holds: Sequence[Hold],
+    mix: RequestMix | None,
+) -> Option:
     resources = request.resources
     models = sorted(resources.accelerators) if resources.accelerators else [None]
     free = effective_free(snap, holds)
-    scorer = NODE_SCORES[request.policy]
+    scorer = node_score(request.policy, mix)
     best: Option | None = None
     fits_empty = False
     missing: list[str] = []
@@ -182,7 +193,13 @@ def _best_on(request: PlacementRequest, cluster: Cluster, snap: ClusterSnapshot,
     )
 
 
-def _best_gang_on(request: PlacementRequest, cluster: Cluster, snap: ClusterSnapshot, holds: Sequence[Hold]) -> Option:
+def _best_gang_on(
+    request: PlacementRequest,
+    cluster: Cluster,
+    snap: ClusterSnapshot,
+    holds: Sequence[Hold],
+    mix: RequestMix | None,
+) -> Option:
     """The best way to fit every bundle of the gang at once on this cluster, or why it cannot."""
     gang = request.gang
     assert gang is not None
@@ -204,7 +221,7 @@ def _best_gang_on(request: PlacementRequest, cluster: Cluster, snap: ClusterSnap
         rows = fit_gang(free, snap.keys, gang, model)
         if rows is None:
             continue
-        score = (cluster_part, gang_score(request.policy, free, snap.total, snap.keys, gang, rows, model))
+        score = (cluster_part, gang_score(request.policy, free, snap.total, snap.keys, gang, rows, model, mix=mix))
         if best is None or score < best.score:  # type: ignore[operator]
             nodes = tuple(snap.node_ids[r] for r in rows)
             best = Option(cluster.name, True, score=score, node_id=nodes[0], accelerator=model, bundle_nodes=nodes)

@@ -3,12 +3,14 @@ and ranks clusters by (cluster-level key, best node score, name)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from types import MappingProxyType
 
 import numpy as np
 
 from rayfleet.config import Cluster
-from rayfleet.placement.fragmentation import live_growth
+from rayfleet.placement.fragmentation import RequestMix, live_growth
 from rayfleet.resources import ACCELERATOR_PREFIX, Resources
 
 GPU_SPARE_WEIGHT = 4.0  # a CPU-only job on a GPU node strands its GPUs: pay heavily for it
@@ -48,7 +50,22 @@ def spread(free: np.ndarray, total: np.ndarray, vec: np.ndarray, keys: Sequence[
     return -(frac.sum(axis=1) / np.maximum(counted, 1))
 
 
-NODE_SCORES = {"binpack": binpack, "spread": spread, "cost": binpack, "fragmentation": live_growth}
+NodeScore = Callable[[np.ndarray, np.ndarray, np.ndarray, Sequence[str], Resources], np.ndarray]
+
+NODE_SCORES: MappingProxyType[str, NodeScore] = MappingProxyType(
+    {"binpack": binpack, "spread": spread, "cost": binpack, "fragmentation": live_growth}
+)
+
+
+def node_score(policy: str, mix: RequestMix | None = None) -> NodeScore:
+    """The node score of ``policy``; for ``fragmentation``, bound to the request ``mix`` it measures against.
+
+    Example:
+        >>> node_score("binpack") is binpack
+        True
+    """
+    score = NODE_SCORES[policy]
+    return functools.partial(live_growth, mix=mix) if score is live_growth else score
 
 
 def cluster_key(policy: str, cluster: Cluster, request: Resources) -> float:

@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rayfleet.capacity import ClusterSnapshot
-from rayfleet.provisioning.templates import ClusterTemplate
 from rayfleet.resources import Gang, Resources
+from rayfleet.templates import ClusterTemplate
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from rayfleet.config import Cluster
-from rayfleet.provisioning.templates import ClusterTemplate
+from rayfleet.templates import ClusterTemplate
 
 
 @dataclass(frozen=True)

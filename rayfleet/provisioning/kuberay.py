@@ -27,7 +27,7 @@ from rayfleet import retry
 from rayfleet.config import Cluster, KubeRayConfig
 from rayfleet.errors import ProvisioningError
 from rayfleet.provisioning.base import ManagedCluster
-from rayfleet.provisioning.templates import (
+from rayfleet.templates import (
     ANNOTATION_IDLE_DEADLINE,
     LABEL_FLEET,
     LABEL_MANAGED_BY,

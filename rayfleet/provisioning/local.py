@@ -821,29 +821,3 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def local_fleet(
-    clusters: Sequence[LocalClusterSpec] = DEMO_FLEET,
-    *,
-    name: str = "default",
-    port_base: int | None = None,
-    directory: str | os.PathLike[str] | None = None,
-    **fleet_kwargs: Any,
-) -> Iterator[Any]:
-    """Start a local fleet, yield a `Fleet` over it, and stop it on exit.
-
-    Example:
-        >>> with local_fleet() as fleet:                                 # doctest: +SKIP
-        ...     fleet.submit("python -c 'print(1)'", {"cpu": 1}).wait(60)
-    """
-    from rayfleet.fleet import Fleet
-
-    running = LocalFleet(clusters, name=name, port_base=port_base, directory=directory)
-    with running:
-        fleet = Fleet.from_file(running.fleet_file, **fleet_kwargs)
-        try:
-            yield fleet
-        finally:
-            fleet.close()

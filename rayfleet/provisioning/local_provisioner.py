@@ -30,7 +30,7 @@ from rayfleet.provisioning.local import (
     _start_time,
     state_dir,
 )
-from rayfleet.provisioning.templates import ClusterTemplate
+from rayfleet.templates import ClusterTemplate
 
 DEADLINE_FILE = "idle-deadline"
 TEMPLATE_FILE = "template"

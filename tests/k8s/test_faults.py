@@ -24,7 +24,7 @@ from rayfleet.errors import ProvisioningError
 from rayfleet.ledger import Ledger
 from rayfleet.provisioning.base import ManagedCluster
 from rayfleet.provisioning.kuberay import KubeRayProvisioner
-from rayfleet.provisioning.templates import ClusterTemplate, render
+from rayfleet.templates import ClusterTemplate, render
 from tests.polling import poll
 
 GROUP, VERSION, PLURAL, NS = "ray.io", "v1", "rayclusters", "default"

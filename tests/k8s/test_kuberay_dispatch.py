@@ -154,7 +154,7 @@ def test_readiness_survives_dropped_watches_and_expired_resource_versions(
 
     from rayfleet.config import KubeRayConfig
     from rayfleet.provisioning.kuberay import KubeRayProvisioner
-    from rayfleet.provisioning.templates import ClusterTemplate
+    from rayfleet.templates import ClusterTemplate
 
     k8s_operator.ready_delay = 3.0
     template = ClusterTemplate(**GPU_TEMPLATE)

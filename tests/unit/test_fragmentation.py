@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 
@@ -11,31 +9,24 @@ from rayfleet.capacity import ClusterSnapshot
 from rayfleet.config import Cluster, FleetConfig
 from rayfleet.placement import PlacementRequest, place
 from rayfleet.placement.fragmentation import (
-    LIVE_MIX,
     MILLI,
     Fragmentation,
     NodeState,
     RequestMix,
     Shape,
     fgd_score,
+    learn_mix,
     leftover,
     live_growth,
     mix_from_config,
     mix_from_requests,
     rank,
 )
-from rayfleet.resources import Resources
+from rayfleet.resources import Gang, Resources
 
 SHARE_500 = Shape(cpu_milli=1000, gpu_milli=500, gpus=1)
 WHOLE_1 = Shape(cpu_milli=1000, gpu_milli=MILLI, gpus=1)
 CPU_ONLY = Shape(cpu_milli=1000)
-
-
-@pytest.fixture(autouse=True)
-def no_live_mix() -> Iterator[None]:
-    LIVE_MIX.use(None)
-    yield
-    LIVE_MIX.use(None)
 
 
 def state_of(rows: list[list[int]], cpu: list[int], models: list[str | None] | None = None) -> NodeState:
@@ -258,10 +249,24 @@ def test_the_live_policy_picks_the_cluster_whose_best_node_it_fragments_least():
     # measured against its own shape, 0.25 more on b1 strands nothing: b1, the fuller node, as binpack
     assert place(PlacementRequest(request, policy="fragmentation"), clusters, snapshots).chosen.node_id == "b1"
     # when the typical request is half a GPU, b1's last 0.5 must stay whole: the share goes to cluster a
-    LIVE_MIX.use(RequestMix.of({Shape(1000, 500, 1): 1.0}))
-    decision = place(PlacementRequest(request, policy="fragmentation"), clusters, snapshots)
+    mix = RequestMix.of({Shape(1000, 500, 1): 1.0})
+    decision = place(PlacementRequest(request, policy="fragmentation"), clusters, snapshots, mix=mix)
     assert decision.chosen.node_id == "a1"
     assert [o.cluster for o in decision.options] == ["a", "b"]
+    # the mix is an argument, not state: a call without it is measured against the request's own shape again
+    assert place(PlacementRequest(request, policy="fragmentation"), clusters, snapshots).chosen.node_id == "b1"
+
+
+def test_a_gang_is_measured_against_the_mix_it_is_given():
+    clusters = [Cluster(name="a", address="http://a:8265"), Cluster(name="b", address="http://b:8265")]
+    snapshots = {
+        "a": ClusterSnapshot.from_nodes("a", [("a1", gpu_node(1), {})]),
+        "b": ClusterSnapshot.from_nodes("b", [("b1", gpu_node(1), {"GPU": 0.5})]),
+    }
+    request = PlacementRequest(policy="fragmentation", gang=Gang.of(1, Resources(cpu=1, gpu=0.25)))
+    assert place(request, clusters, snapshots).chosen.node_id == "b1"
+    half = RequestMix.of({Shape(1000, 500, 1): 1.0})
+    assert place(request, clusters, snapshots, mix=half).chosen.node_id == "a1"
 
 
 def test_a_row_the_packing_assumption_cannot_serve_ranks_last():
@@ -314,10 +319,7 @@ def test_a_cpu_hungry_request_avoids_the_node_whose_gpus_it_would_strand():
 
 
 def test_the_configured_mix_wins_over_the_ledger_and_the_ledger_over_nothing():
-    from rayfleet.placement.fragmentation import refresh_live_mix
-
     recent = [Resources(cpu=2, gpu=0.25)] * 3
-    assert refresh_live_mix([{"cpu": 4, "gpu": 1}], recent).shapes == (Shape(4000, 1000, 1),)
-    assert LIVE_MIX.get().shapes == (Shape(4000, 1000, 1),)
-    assert refresh_live_mix([], recent).shapes == (Shape(2000, 250, 1),)
-    assert refresh_live_mix([], []) is None and LIVE_MIX.get() is None
+    assert learn_mix([{"cpu": 4, "gpu": 1}], recent).shapes == (Shape(4000, 1000, 1),)
+    assert learn_mix([], recent).shapes == (Shape(2000, 250, 1),)
+    assert learn_mix([], []) is None

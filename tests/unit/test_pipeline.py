@@ -17,7 +17,7 @@ from rayfleet.pipeline import (
     topological_order,
     worker_counts,
 )
-from rayfleet.provisioning.templates import ClusterTemplate
+from rayfleet.templates import ClusterTemplate
 
 W, S, F, X, R = StageState.WAITING, StageState.SUCCEEDED, StageState.FAILED, StageState.STOPPED, StageState.RUNNING
 

@@ -79,7 +79,7 @@ def test_metrics_count_hits_at_k_and_citations() -> None:
 def test_the_rag_templates_render_to_a_fixed_cpu_raycluster_and_a_gpu_one_that_autoscales_from_zero() -> None:
     import rag_pipeline
 
-    from rayfleet.provisioning.templates import render
+    from rayfleet.templates import render
 
     cpu, gpu = rag_pipeline.templates(gpu_workers=3)
     kw = {"namespace": "ml", "fleet": "f", "created_by": "me"}

@@ -19,7 +19,7 @@ from rayfleet.placement.provision import (
     gang_workers,
     headroom,
 )
-from rayfleet.provisioning.templates import ClusterTemplate, HeadSpec, WorkerGroup
+from rayfleet.templates import ClusterTemplate, HeadSpec, WorkerGroup
 from rayfleet.states import JobState
 
 A100 = WorkerGroup(name="a100", cpu=8, gpu=1, accelerator="A100", memory="64GiB", min_replicas=0, max_replicas=2)

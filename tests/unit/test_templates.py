@@ -14,7 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from rayfleet import Resources
-from rayfleet.provisioning.templates import ClusterTemplate, HeadSpec, WorkerGroup, render
+from rayfleet.templates import ClusterTemplate, HeadSpec, WorkerGroup, render
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 
