@@ -11,7 +11,6 @@ import ipaddress
 import json
 import os
 import re
-import threading
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -207,29 +206,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-_warned_plain_http: set[str] = set()
-_warned_lock = threading.Lock()
-
-
 def warn_if_plain_http(cluster: Cluster) -> None:
-    """Warn (once per address and process) before rayfleet talks plain HTTP to a cluster that is not on loopback.
+    """Warn before rayfleet talks plain HTTP to a cluster that is not on loopback.
 
     Called where a connection to the cluster is first set up (probes, the job client), not when a definition is
-    read, so pure placement code and config checks stay quiet.
+    read, so pure placement code and config checks stay quiet. Python's default warning filter shows it once per
+    process for each cluster (once per message text at this one location); ``-W always`` shows every one.
     """
     if not cluster.plain_http_to_remote:
         return
-    with _warned_lock:
-        if cluster.address in _warned_plain_http:
-            return
-        _warned_plain_http.add(cluster.address)
     secrets = " with its auth headers" if cluster.headers else ""
     warnings.warn(
         f"cluster {cluster.name}: the dashboard address {cluster.address} is plain HTTP to a non-loopback host; "
         f"requests{secrets} travel unencrypted. Use https:// (verify_tls: true or a CA bundle path), or reach it "
         "through a tunnel on 127.0.0.1.",
         InsecureAddressWarning,
-        stacklevel=3,
+        stacklevel=1,  # this line, not the caller's: the default filter's "once" then counts per cluster
     )
 
 

@@ -23,7 +23,7 @@ from rayfleet.states import TERMINAL, JobState, can_move
 
 LEDGER_ENV = "RAYFLEET_LEDGER"
 
-MIGRATIONS: list[str] = [
+MIGRATIONS: tuple[str, ...] = (
     # 1: jobs, attempts, append-only transitions
     """
     CREATE TABLE jobs (
@@ -97,7 +97,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE transitions ADD COLUMN cluster TEXT;
     ALTER TABLE managed_clusters ADD COLUMN asked_at REAL;
     """,
-]
+)
 
 
 def default_path() -> Path:

@@ -28,30 +28,32 @@ STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray placement
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*(:[A-Za-z0-9_.\-]+)?$")
 _MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?B?|B)?\s*$", re.IGNORECASE)
-_UNITS = {
-    "": 1,
-    "B": 1,
-    "K": 1000,
-    "KB": 1000,
-    "M": 1000**2,
-    "MB": 1000**2,
-    "G": 1000**3,
-    "GB": 1000**3,
-    "T": 1000**4,
-    "TB": 1000**4,
-    "KI": 1024,
-    "KIB": 1024,
-    "MI": 1024**2,
-    "MIB": 1024**2,
-    "GI": 1024**3,
-    "GIB": 1024**3,
-    "TI": 1024**4,
-    "TIB": 1024**4,
-    "P": 1000**5,
-    "PB": 1000**5,
-    "PI": 1024**5,
-    "PIB": 1024**5,
-}
+_UNITS = MappingProxyType(
+    {
+        "": 1,
+        "B": 1,
+        "K": 1000,
+        "KB": 1000,
+        "M": 1000**2,
+        "MB": 1000**2,
+        "G": 1000**3,
+        "GB": 1000**3,
+        "T": 1000**4,
+        "TB": 1000**4,
+        "KI": 1024,
+        "KIB": 1024,
+        "MI": 1024**2,
+        "MIB": 1024**2,
+        "GI": 1024**3,
+        "GIB": 1024**3,
+        "TI": 1024**4,
+        "TIB": 1024**4,
+        "P": 1000**5,
+        "PB": 1000**5,
+        "PI": 1024**5,
+        "PIB": 1024**5,
+    }
+)
 
 
 def parse_memory(value: int | float | str) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import urllib3
 from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential_jitter
 
@@ -18,19 +20,23 @@ def _transient(error: BaseException) -> bool:
 
 
 # A submission: a few quick tries; the caller makes retries safe with a fixed submission id.
-SUBMIT = dict(
-    retry=retry_if_exception(_transient),
-    stop=stop_after_attempt(3) | stop_after_delay(10),
-    wait=wait_exponential_jitter(multiplier=0.2, max=2.0),
-    reraise=True,
+SUBMIT = MappingProxyType(
+    dict(
+        retry=retry_if_exception(_transient),
+        stop=stop_after_attempt(3) | stop_after_delay(10),
+        wait=wait_exponential_jitter(multiplier=0.2, max=2.0),
+        reraise=True,
+    )
 )
 
 # Reads (status, logs, list): idempotent, so a little more patience.
-READ = dict(
-    retry=retry_if_exception(_transient),
-    stop=stop_after_attempt(4) | stop_after_delay(10),
-    wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
-    reraise=True,
+READ = MappingProxyType(
+    dict(
+        retry=retry_if_exception(_transient),
+        stop=stop_after_attempt(4) | stop_after_delay(10),
+        wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
+        reraise=True,
+    )
 )
 
 
@@ -60,9 +66,11 @@ def _retry_after(state: RetryCallState) -> float:
 
 _BACKOFF = wait_exponential_jitter(multiplier=0.2, max=3.0)
 
-KUBERNETES = dict(
-    retry=retry_if_exception(_kubernetes_transient),
-    stop=stop_after_attempt(5) | stop_after_delay(30),
-    wait=_retry_after,
-    reraise=True,
+KUBERNETES = MappingProxyType(
+    dict(
+        retry=retry_if_exception(_kubernetes_transient),
+        stop=stop_after_attempt(5) | stop_after_delay(30),
+        wait=_retry_after,
+        reraise=True,
+    )
 )

@@ -17,6 +17,7 @@ Terminal states are final.
 from __future__ import annotations
 
 from enum import Enum
+from types import MappingProxyType
 
 
 class JobState(str, Enum):
@@ -44,16 +45,18 @@ class JobState(str, Enum):
 
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.LOST})
 
-_ACTIVE = {JobState.PLACED, JobState.SUBMITTED, JobState.RUNNING, JobState.UNKNOWN}
-ALLOWED: dict[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.PLACED, JobState.PROVISIONING, JobState.STOPPED, JobState.FAILED}),
-    JobState.PROVISIONING: frozenset({JobState.PLACED, JobState.STOPPED, JobState.FAILED}),  # requeue() goes back
-    JobState.PLACED: frozenset({JobState.SUBMITTED, JobState.RUNNING, JobState.UNKNOWN} | TERMINAL),
-    JobState.SUBMITTED: frozenset({JobState.RUNNING, JobState.UNKNOWN} | TERMINAL),
-    JobState.RUNNING: frozenset({JobState.UNKNOWN} | TERMINAL),
-    JobState.UNKNOWN: frozenset((_ACTIVE - {JobState.UNKNOWN}) | TERMINAL),  # a repeat is no move
-    **{state: frozenset() for state in TERMINAL},
-}
+_ACTIVE = frozenset({JobState.PLACED, JobState.SUBMITTED, JobState.RUNNING, JobState.UNKNOWN})
+ALLOWED: MappingProxyType[JobState, frozenset[JobState]] = MappingProxyType(
+    {
+        JobState.QUEUED: frozenset({JobState.PLACED, JobState.PROVISIONING, JobState.STOPPED, JobState.FAILED}),
+        JobState.PROVISIONING: frozenset({JobState.PLACED, JobState.STOPPED, JobState.FAILED}),  # requeue() goes back
+        JobState.PLACED: frozenset({JobState.SUBMITTED, JobState.RUNNING, JobState.UNKNOWN} | TERMINAL),
+        JobState.SUBMITTED: frozenset({JobState.RUNNING, JobState.UNKNOWN} | TERMINAL),
+        JobState.RUNNING: frozenset({JobState.UNKNOWN} | TERMINAL),
+        JobState.UNKNOWN: frozenset((_ACTIVE - {JobState.UNKNOWN}) | TERMINAL),  # a repeat is no move
+        **{state: frozenset() for state in TERMINAL},
+    }
+)
 
 
 def can_move(old: JobState | None, new: JobState) -> bool:

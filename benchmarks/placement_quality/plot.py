@@ -20,7 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from benchmarks._common import RESULTS, ROOT
-from benchmarks.placement_quality.run import PUBLISHED, PUBLISHED_NAMES
+from benchmarks.placement_quality.run import PUBLISHED_NAMES
+from benchmarks.placement_quality.trace import PUBLISHED_FILE, data_dir
 
 COLORS = {"random": "tab:gray", "bestfit": "tab:blue", "fgd": "tab:orange", "fragmentation": "tab:red"}
 LABELS = {"random": "Random", "bestfit": "BestFit", "fgd": "FGD", "fragmentation": "rayfleet fragmentation"}
@@ -43,7 +44,7 @@ def main() -> None:
     target = ROOT / "docs" / "img" / "placement_quality.png"
     results = merged_results()
     published: dict[tuple[str, str], list[tuple[int, float, float]]] = {}
-    with PUBLISHED.open() as f:
+    with (data_dir() / PUBLISHED_FILE).open() as f:
         for row in csv.DictReader(f):
             key = (row["workload"].removeprefix("openb_pod_list_"), row["policy"])
             published.setdefault(key, []).append(

@@ -23,10 +23,17 @@ import numpy as np
 
 from benchmarks._common import command, emit, loadavg, machine, source, stats_ms, utc_now
 from benchmarks.placement_quality.replay import POLICIES, Replayer, unallocated_by_arrived
-from benchmarks.placement_quality.trace import DATA, TRACES, Nodes, arrival_order, load_nodes, load_pods
+from benchmarks.placement_quality.trace import (
+    PUBLISHED_FILE,
+    TRACES,
+    Nodes,
+    arrival_order,
+    data_dir,
+    load_nodes,
+    load_pods,
+)
 from rayfleet.placement.fragmentation import RequestMix
 
-PUBLISHED = DATA / "fgd_published_unallocated_gpu_pct.csv"
 PUBLISHED_NAMES = {"random": "01-Random", "bestfit": "05-BestFit", "fgd": "06-FGD"}
 REPORTED_BINS = (90, 95, 100, 105, 110, 120, 130)
 CURVE_BINS = range(50, 131)
@@ -94,7 +101,7 @@ def replay_one(job: dict[str, Any]) -> dict[str, Any]:
 def published() -> dict[tuple[str, str, int], tuple[float, float]]:
     """(trace, policy, arrived %) -> (mean, sd) from the paper's CSV."""
     out = {}
-    with PUBLISHED.open() as f:
+    with (data_dir() / PUBLISHED_FILE).open() as f:
         for row in csv.DictReader(f):
             trace = row["workload"].removeprefix("openb_pod_list_")
             out[trace, row["policy"], int(row["arrived_pct"])] = (float(row["mean_unalloc_pct"]), float(row["sd"]))

@@ -2,11 +2,15 @@
 
 Protocol (the data's README): pods sorted by name then shuffled with the seed; then copies sampled uniformly with
 replacement from the pod list are appended until the total GPU request exceeds 130% of the cluster's GPUs.
+
+The data is read from ``$RAYFLEET_SHARED_DATA/alibaba-gpu-v2023/``; without the variable, from
+``shared/data/alibaba-gpu-v2023/`` beside the repository (``<repo>/../shared/data``).
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +18,11 @@ import numpy as np
 
 from rayfleet.placement.fragmentation import MILLI, NodeState, Shape
 
-DATA = Path("/work/shared/data/alibaba-gpu-v2023")
+SHARED_DATA_ENV = "RAYFLEET_SHARED_DATA"  # the directory that holds alibaba-gpu-v2023/
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # beside the repository
+TRACE_DIR = "alibaba-gpu-v2023"
+NODES_FILE = "openb_node_list_gpu_node.csv"
+PUBLISHED_FILE = "fgd_published_unallocated_gpu_pct.csv"  # the FGD paper's means, per trace, policy and arrived %
 TRACES = ("default", "gpushare100", "multigpu50")
 INFLATION = 1.3
 MIB = 1024**2
@@ -69,8 +77,27 @@ class Pods:
         return per_shape[self.shape_of]
 
 
-def load_nodes(path: Path = DATA / "openb_node_list_gpu_node.csv") -> Nodes:
-    with path.open() as f:
+def data_dir() -> Path:
+    """The trace's directory: ``$RAYFLEET_SHARED_DATA/alibaba-gpu-v2023``, else `SHARED_DATA` ``/alibaba-gpu-v2023``.
+
+    Raises:
+        FileNotFoundError: the directory is absent; the message says where it looked and how to point elsewhere.
+    """
+    configured = os.environ.get(SHARED_DATA_ENV)
+    path = (Path(configured) if configured else SHARED_DATA) / TRACE_DIR
+    if not path.is_dir():
+        where = f"${SHARED_DATA_ENV}={configured}" if configured else f"the default, {SHARED_DATA}"
+        raise FileNotFoundError(
+            f"the Alibaba GPU trace (cluster-trace-gpu-v2023) is not at {path} (looked in {where}). "
+            f"Put the trace's directory {TRACE_DIR}/ ({NODES_FILE}, openb_pod_list_<trace>.csv, {PUBLISHED_FILE}) "
+            f"there, or set {SHARED_DATA_ENV} to the directory that holds {TRACE_DIR}/."
+        )
+    return path
+
+
+def load_nodes(path: Path | None = None) -> Nodes:
+    """The trace's nodes, from ``path`` (default: `NODES_FILE` in `data_dir`)."""
+    with (path or data_dir() / NODES_FILE).open() as f:
         rows = list(csv.DictReader(f))
     return Nodes(
         tuple(r["sn"] for r in rows),
@@ -90,8 +117,9 @@ def parse_pod(row: dict[str, str]) -> Shape:
     return Shape(int(row["cpu_milli"]), milli, gpus, int(row["memory_mib"]) * MIB, models)
 
 
-def load_pods(trace: str, directory: Path = DATA) -> Pods:
-    with (directory / f"openb_pod_list_{trace}.csv").open() as f:
+def load_pods(trace: str, directory: Path | None = None) -> Pods:
+    """The pods of one trace file, in ``directory`` (default: `data_dir`)."""
+    with ((directory or data_dir()) / f"openb_pod_list_{trace}.csv").open() as f:
         rows = sorted(csv.DictReader(f), key=lambda r: r["name"])
     table: dict[Shape, int] = {}
     shape_of = np.array([table.setdefault(parse_pod(r), len(table)) for r in rows], dtype=np.int64)

@@ -9,7 +9,15 @@ import pytest
 
 from benchmarks.placement_quality.replay import Outcome, Replayer, unallocated_by_arrived
 from benchmarks.placement_quality.run import cluster_split
-from benchmarks.placement_quality.trace import Nodes, arrival_order, load_pods, parse_pod
+from benchmarks.placement_quality.trace import (
+    SHARED_DATA,
+    SHARED_DATA_ENV,
+    Nodes,
+    arrival_order,
+    data_dir,
+    load_pods,
+    parse_pod,
+)
 from rayfleet.placement.fragmentation import MILLI, RequestMix, Shape
 
 HEADER = (
@@ -124,3 +132,19 @@ def test_the_dispatcher_picks_a_cluster_and_the_node_goes_to_the_dispatcher_or_t
 def test_an_unknown_policy_is_refused():
     with pytest.raises(ValueError, match="unknown policy"):
         Replayer(nodes(["T4"]).state(), (Shape(1000),), "worstfit", RequestMix.of({Shape(1000): 1}), seed=0)
+
+
+def test_the_trace_is_found_beside_the_repository_or_where_the_variable_says(tmp_path, monkeypatch):
+    repo = Path(__file__).resolve().parents[2]
+    assert repo.parent / "shared" / "data" == SHARED_DATA
+    (tmp_path / "alibaba-gpu-v2023").mkdir()
+    monkeypatch.setenv(SHARED_DATA_ENV, str(tmp_path))
+    assert data_dir() == tmp_path / "alibaba-gpu-v2023"
+
+
+def test_a_missing_trace_says_where_it_looked_and_how_to_point_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.setenv(SHARED_DATA_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError) as caught:
+        data_dir()
+    message = str(caught.value)
+    assert str(tmp_path / "alibaba-gpu-v2023") in message and f"set {SHARED_DATA_ENV}" in message

@@ -19,8 +19,8 @@ from rayfleet.placement.provision import (
     gang_workers,
     headroom,
 )
-from rayfleet.templates import ClusterTemplate, HeadSpec, WorkerGroup
 from rayfleet.states import JobState
+from rayfleet.templates import ClusterTemplate, HeadSpec, WorkerGroup
 
 A100 = WorkerGroup(name="a100", cpu=8, gpu=1, accelerator="A100", memory="64GiB", min_replicas=0, max_replicas=2)
 H100X4 = WorkerGroup(name="h100", cpu=32, gpu=4, accelerator="H100", memory="256GiB", max_replicas=1)
