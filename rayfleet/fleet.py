@@ -180,8 +180,9 @@ class Fleet:
     ) -> JobHandle:
         """Place a job on the best cluster and submit it through Ray's Job Submission API.
 
-        Returns once a cluster has accepted the job and the ledger has recorded it (or, with ``wait``, once it is
-        queued); it does not wait for the job to start. A job that needs resources is started by rayfleet's
+        Returns in milliseconds, once the ledger has recorded the job: accepted by a cluster, queued (``wait``), or
+        waiting for a cluster that is being created for it (PROVISIONING); it never waits for a creation or for the
+        job to start. The loop (`run`, ``rayfleet dispatch``) or `JobHandle.wait`/`status` carries it on. A job that needs resources is started by rayfleet's
         launcher, which reserves them (a Ray placement group) and only then runs the command; if they cannot be
         reserved within the start timeout, the command never runs there and the job is placed again elsewhere (by
         `JobHandle.wait`/`status` or the dispatch loop, `run`).

@@ -23,8 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import re
 import sys
 import tempfile
@@ -32,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from rayfleet.errors import InvalidPipelineError, RayfleetError, StageFailedError
@@ -45,6 +44,7 @@ if TYPE_CHECKING:
     from rayfleet.capacity import ClusterSnapshot
     from rayfleet.fleet import Fleet
     from rayfleet.jobs import JobHandle
+    from rayfleet.ledger import JobRecord
 
 __all__ = [
     "ENV_ARTIFACTS",
@@ -70,10 +70,10 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 class StageState(str, Enum):
-    """Where a stage is. The job states of rayfleet, plus the two a stage has before it is a job."""
+    """Where a stage is: WAITING until it is submitted as a job, then its job's state (see `of_job`)."""
 
     WAITING = "WAITING"  # its dependencies have not all succeeded yet
-    PLACING = "PLACING"  # being placed by the fleet (which may be creating a cluster for it)
+    PLACING = "PLACING"  # its job waits to be placed: queued, or for a cluster being created for it, or on its way
     SUBMITTED = "SUBMITTED"
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
@@ -305,6 +305,7 @@ class StageRun:
         state: its state now.
         job_id: the fleet job's id, once submitted.
         cluster: the cluster it runs on, once placed.
+        awaits: the cluster being created for it, while its job waits for one (state PLACING); else None.
         reason: why it failed or was stopped (Ray's message, the placement error, the failed dependency).
         output: its artifact URI.
         submitted_at / started_at / ended_at: wall times (None until then).
@@ -314,6 +315,7 @@ class StageRun:
     state: StageState = StageState.WAITING
     job_id: str | None = None
     cluster: str | None = None
+    awaits: str | None = None
     reason: str | None = None
     output: str = ""
     submitted_at: float | None = None
@@ -477,8 +479,10 @@ class Pipeline:
     ) -> PipelineResult:
         """Run the stages through ``fleet``, each once its dependencies succeeded; return when all have ended.
 
-        Placement runs on one background thread (the fleet may be creating a cluster for a stage), so the progress
-        display and the following of running stages go on meanwhile.
+        Starting a stage submits its job and does not wait for a cluster: a stage whose job waits for a cluster being
+        created for it is PLACING (`StageRun.awaits` names that cluster), and each turn's look at the job carries the
+        creation on and places the job once the cluster is ready. So the progress display and the following of the
+        other stages go on meanwhile.
 
         Args:
             fleet: the fleet (with provisioners holding the stages' templates, or clusters with their labels).
@@ -501,44 +505,35 @@ class Pipeline:
             result.runs[name] = StageRun(stage, output=artifact_uri(self.artifacts, name))
         depends = {name: tuple(self.by_name[name].depends_on) for name in self.order}
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        placing: dict[str, concurrent.futures.Future[JobHandle]] = {}
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayfleet-stage") as pool:
-            progress.start(result)
-            try:
-                while True:
-                    changed = self._advance(fleet, pool, result, depends, placing)
-                    changed |= self._follow(result, placing)
-                    if deadline is not None and time.monotonic() > deadline:
-                        changed |= self._stop_all(result, placing, f"the pipeline's timeout of {timeout_s:g} s passed")
-                    progress.update(result, changed)
-                    if changed and on_change is not None:
-                        on_change(result)
-                    if all(r.state.is_terminal() for r in result.runs.values()):
-                        break
-                    time.sleep(poll_s)
-            except KeyboardInterrupt:
-                self._stop_all(result, placing, "interrupted")
-                progress.update(result, True)
-                progress.stop(result)
-                self._withdraw(placing)
-                raise
-            self._withdraw(placing)
-            result.ended_at = time.time()
-            if watch_scale_down_s > 0:
-                progress.watch_scale_down(result, watch_scale_down_s, poll_s)
+        progress.start(result)
+        try:
+            while True:
+                changed = self._advance(fleet, result, depends)
+                changed |= self._follow(result)
+                if deadline is not None and time.monotonic() > deadline:
+                    changed |= self._stop_all(result, f"the pipeline's timeout of {timeout_s:g} s passed")
+                progress.update(result, changed)
+                if changed and on_change is not None:
+                    on_change(result)
+                if all(r.state.is_terminal() for r in result.runs.values()):
+                    break
+                time.sleep(poll_s)
+        except KeyboardInterrupt:
+            self._stop_all(result, "interrupted")
+            progress.update(result, True)
             progress.stop(result)
+            raise
+        result.ended_at = time.time()
+        if watch_scale_down_s > 0:
+            progress.watch_scale_down(result, watch_scale_down_s, poll_s)
+        progress.stop(result)
         return result
 
     # ----- the loop's steps ---------------------------------------------------------------------------------------
 
-    def _advance(
-        self,
-        fleet: Fleet,
-        pool: concurrent.futures.ThreadPoolExecutor,
-        result: PipelineResult,
-        depends: Mapping[str, Sequence[str]],
-        placing: dict[str, concurrent.futures.Future[JobHandle]],
-    ) -> bool:
+    def _advance(self, fleet: Fleet, result: PipelineResult, depends: Mapping[str, Sequence[str]]) -> bool:
+        """Stop the waiting stages whose dependencies failed, start those whose dependencies succeeded; repeat until
+        nothing moves. Returns whether anything did."""
         changed = False
         while True:
             moves = next_moves(depends, {n: r.state for n, r in result.runs.items()})
@@ -548,45 +543,39 @@ class Pipeline:
                 run = result.runs[name]
                 run.state, run.reason, run.ended_at = StageState.STOPPED, why, time.time()
             for name in moves.start:
-                stage = self.by_name[name]
-                run = result.runs[name]
-                run.state = StageState.PLACING
-                placing[name] = pool.submit(
-                    fleet.submit,
-                    stage.entrypoint,
-                    stage.resources,
-                    runtime_env=self.runtime_env(stage),
-                    labels=stage.selector or None,
-                    metadata={"pipeline": self.name, "stage": stage.name},
-                )
+                self._start(fleet, result.runs[name])
             changed = True
 
-    def _follow(self, result: PipelineResult, placing: dict[str, concurrent.futures.Future[JobHandle]]) -> bool:
+    def _start(self, fleet: Fleet, run: StageRun) -> None:
+        """Submit the stage's job (this returns at once, also when a cluster is to be created for it); a submission
+        the fleet refuses fails the stage."""
+        stage = run.stage
+        try:
+            handle = fleet.submit(
+                stage.entrypoint,
+                stage.resources,
+                runtime_env=self.runtime_env(stage),
+                labels=stage.selector or None,
+                metadata={"pipeline": self.name, "stage": stage.name},
+            )
+        except Exception as error:  # refused (no room, no template), or the fleet failed: this stage fails, not the run
+            message = error.message if isinstance(error, RayfleetError) else f"{type(error).__name__}: {error}"
+            run.state, run.reason, run.ended_at = StageState.FAILED, f"not placed: {message}", time.time()
+            return
+        run.handle, run.job_id, run.submitted_at = handle, handle.id, time.time()
+        run.state = StageState.PLACING
+
+    def _follow(self, result: PipelineResult) -> bool:
+        """Look at the job of every unfinished stage once (for a job waiting for its new cluster, the look carries
+        the creation on); record its state, its cluster (or the one being created for it), its end; fail a stage past
+        its timeout. Returns whether anything changed."""
         changed = False
-        for name, future in list(placing.items()):
-            if not future.done():
-                continue
-            del placing[name]
-            run = result.runs[name]
-            if run.state.is_terminal():  # stopped while it was being placed: withdraw it if it got through
-                if future.exception() is None:
-                    future.result().stop()
-                continue
-            changed = True
-            error = future.exception()
-            if error is not None:
-                run.state, run.ended_at = StageState.FAILED, time.time()
-                message = error.message if isinstance(error, RayfleetError) else f"{type(error).__name__}: {error}"
-                run.reason = f"not placed: {message}"
-                continue
-            handle = future.result()
-            run.handle, run.job_id, run.cluster = handle, handle.id, handle.cluster
-            run.state, run.submitted_at = StageState.SUBMITTED, time.time()
         for run in result.runs.values():
             if run.handle is None or run.state.is_terminal():
                 continue
             try:
                 state = StageState.of_job(run.handle.status())
+                record = run.handle.record
             except RayfleetError as e:  # cannot ask now; try again next turn
                 run.reason = f"cannot read its state: {e.message}"
                 continue
@@ -596,32 +585,24 @@ class Pipeline:
                 run.state, run.reason, run.ended_at = StageState.FAILED, f"timed out after {timeout:g} s", time.time()
                 changed = True
                 continue
-            if state is run.state:
+            attempt = record.last_attempt
+            cluster = attempt.cluster if attempt else None
+            awaits = record.awaits if record.state is JobState.PROVISIONING else None
+            if (state, cluster, awaits) == (run.state, run.cluster, run.awaits):
                 continue
             changed = True
             if state is StageState.RUNNING and run.started_at is None:
                 run.started_at = time.time()
             if state.is_terminal():
                 run.ended_at = time.time()
-                attempt = run.handle.record.last_attempt
                 if state is not StageState.SUCCEEDED:
-                    run.reason = (attempt.detail if attempt else None) or f"its job ended {state.value}"
-            run.cluster = run.handle.cluster
-            run.state = state
+                    run.reason = _end_reason(record, state)
+            run.state, run.cluster, run.awaits = state, cluster, awaits
         return changed
 
     @staticmethod
-    def _withdraw(placing: Mapping[str, concurrent.futures.Future[JobHandle]]) -> None:
-        """Stop the jobs of stages that were stopped while the fleet was still placing them (once it returns)."""
-        for future in placing.values():
-            if future.cancel():
-                continue
-            with contextlib.suppress(Exception):  # not placed, or cannot be stopped: nothing more to do
-                future.result().stop()
-
-    def _stop_all(
-        self, result: PipelineResult, placing: Mapping[str, concurrent.futures.Future[JobHandle]], why: str
-    ) -> bool:
+    def _stop_all(result: PipelineResult, why: str) -> bool:
+        """Stop every unfinished stage, and its job if it has one (a job still waiting to be placed is withdrawn)."""
         changed = False
         for run in result.runs.values():
             if run.state.is_terminal():
@@ -632,11 +613,16 @@ class Pipeline:
                     run.handle.stop()
                 except RayfleetError as e:
                     reason = f"{why} (stopping its job failed: {e.message})"
-            if run.stage.name in placing:
-                placing[run.stage.name].cancel()
             run.state, run.reason, run.ended_at = StageState.STOPPED, reason, time.time()
             changed = True
         return changed
+
+
+def _end_reason(record: JobRecord, state: StageState) -> str:
+    """Why a stage's job ended without success: what its latest state says (Ray's message, the failed creation of
+    its cluster, the loss), as a placement error when it never reached a cluster."""
+    reason = record.reason or f"its job ended {state.value}"
+    return reason if record.last_attempt is not None or state is not StageState.FAILED else f"not placed: {reason}"
 
 
 # ----- progress ---------------------------------------------------------------------------------------------------
@@ -645,15 +631,17 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _RAY_LINE = re.compile(  # Ray's own lines in a job's log (the stage's output is the rest)
     r"^(\d{4}-\d\d-\d\d[ T][\d:,.]+\s+(INFO|WARNING|DEBUG)|\((autoscaler|raylet)|Running entrypoint)"
 )
-_STYLE = {
-    StageState.WAITING: "dim",
-    StageState.PLACING: "yellow",
-    StageState.SUBMITTED: "yellow",
-    StageState.RUNNING: "cyan",
-    StageState.SUCCEEDED: "green",
-    StageState.FAILED: "bold red",
-    StageState.STOPPED: "red",
-}
+_STYLE = MappingProxyType(
+    {
+        StageState.WAITING: "dim",
+        StageState.PLACING: "yellow",
+        StageState.SUBMITTED: "yellow",
+        StageState.RUNNING: "cyan",
+        StageState.SUCCEEDED: "green",
+        StageState.FAILED: "bold red",
+        StageState.STOPPED: "red",
+    }
+)
 
 
 def worker_counts(snapshot: ClusterSnapshot) -> tuple[int, int]:
@@ -738,6 +726,8 @@ class _Progress:
                 if self.states.get(name) is not run.state:
                     self.states[name] = run.state
                     where = f" on [bold]{run.cluster}[/]" if run.cluster else ""
+                    if run.awaits:
+                        where = f" on [bold]{run.awaits}[/] (being created)"
                     why = f": {_first_line(run.reason)}" if run.reason and run.state.is_terminal() else ""
                     style = _STYLE[run.state]
                     self._line(f"stage [bold]{name}[/] ({run.stage.mode}) [{style}]{run.state.value}[/]{where}{why}")
@@ -803,7 +793,7 @@ class _Progress:
             template = run.stage.template
             kind = f"{run.stage.mode} ({template.name})" if template else run.stage.mode
             workers = ""
-            if run.cluster and run.cluster in self.workers:
+            if run.cluster and run.cluster in self.workers and run.awaits is None:
                 total, gpu = self.workers[run.cluster]
                 workers = f"{total}" + (f" ({gpu} GPU)" if gpu else "")
                 if self.launching.get(run.cluster):
@@ -814,12 +804,17 @@ class _Progress:
                 name,
                 kind,
                 f"[{_STYLE[run.state]}]{run.state.value}[/]",
-                run.cluster or "",
+                _where(run),
                 workers,
                 f"{seconds:.0f} s" if seconds is not None else "",
                 note,
             )
         return table
+
+
+def _where(run: StageRun) -> str:
+    """The cluster to show for a stage: the one being created for it while its job waits for it, else its own."""
+    return f"{run.awaits} (being created)" if run.awaits else run.cluster or ""
 
 
 def _first_line(text: str | None, limit: int = 160) -> str:

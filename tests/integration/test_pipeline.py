@@ -26,7 +26,14 @@ def test_the_rag_pipeline_runs_end_to_end_and_its_gpu_cluster_scales_from_zero_t
     pipeline = rag_pipeline.build(str(tmp_path / "artifacts"), subset="tiny", gpu_workers=2)
     with Fleet(config=config, ledger=Ledger(tmp_path / "ledger.db")) as fleet:
         try:
-            result = pipeline.run(fleet, show=False, poll_s=0.5, watch_scale_down_s=120)
+            seen: list[dict[str, tuple[StageState, str | None, str | None]]] = []
+            result = pipeline.run(
+                fleet,
+                show=False,
+                poll_s=0.5,
+                watch_scale_down_s=120,
+                on_change=lambda r: seen.append({n: (s.state, s.cluster, s.awaits) for n, s in r.runs.items()}),
+            )
             assert result.ok, result.summary()
 
             # each stage ran on a cluster made from its own template: one static CPU cluster, one autoscaled
@@ -35,6 +42,12 @@ def test_the_rag_pipeline_runs_end_to_end_and_its_gpu_cluster_scales_from_zero_t
             assert managed[ingest.cluster].template == "rag-cpu"
             assert managed[generate.cluster].template == "rag-gpu"
             assert evaluate.cluster == ingest.cluster  # a matching existing cluster is reused, not a third made
+
+            # submitting did not wait for those clusters: each stage was PLACING, waiting for its cluster being created
+            for run in (ingest, generate):
+                name = run.stage.name
+                assert (StageState.PLACING, None, run.cluster) in [s[name] for s in seen], [s[name] for s in seen]
+            assert all(s["evaluate"][2] is None for s in seen)  # its cluster was there already
 
             # the autoscaled stage really scaled, as the fleet's probes saw it: 0 GPU workers, then 2, then 0
             gpu_workers = [g for _, _, g in result.timeline[generate.cluster]]
