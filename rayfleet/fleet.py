@@ -182,10 +182,10 @@ class Fleet:
 
         Returns in milliseconds, once the ledger has recorded the job: accepted by a cluster, queued (``wait``), or
         waiting for a cluster that is being created for it (PROVISIONING); it never waits for a creation or for the
-        job to start. The loop (`run`, ``rayfleet dispatch``) or `JobHandle.wait`/`status` carries it on. A job that needs resources is started by rayfleet's
-        launcher, which reserves them (a Ray placement group) and only then runs the command; if they cannot be
-        reserved within the start timeout, the command never runs there and the job is placed again elsewhere (by
-        `JobHandle.wait`/`status` or the dispatch loop, `run`).
+        job to start. The loop (`run`, ``rayfleet dispatch``) or `JobHandle.wait`/`status` carries it on. A job
+        that needs resources is started by rayfleet's launcher, which reserves them (a Ray placement group) and
+        only then runs the command; if they cannot be reserved within the start timeout, the command never runs
+        there and the job is placed again elsewhere (by `JobHandle.wait`/`status` or the dispatch loop, `run`).
 
         Args:
             entrypoint: the shell command, as for ``ray job submit``.

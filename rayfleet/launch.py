@@ -11,17 +11,28 @@ The job is submitted with zero entrypoint resources, so Ray starts this launcher
 2. creates a placement group of those bundles and waits up to ``timeout_s`` for it;
 3. if it is not ready in time: removes it, prints ``rayfleet: reservation timed out ...`` and exits with
    ``RESERVATION_TIMEOUT_EXIT`` (75). The user's command never ran;
-4. if it is ready: prints ``rayfleet: reserved <n> bundles ...`` and runs the user's command (a shell string) as a
-   subprocess of a Ray task that holds the driver bundle (so Ray sets ``CUDA_VISIBLE_DEVICES`` as it would for
-   entrypoint GPUs). The command's output (stdout and stderr, merged) streams back to the launcher, which prints it
-   into the job's log. The launcher exits with the command's exit code.
+4. if it is ready: prints ``rayfleet: reserved <n> bundles ...`` and runs the user's command (a shell string) in a
+   Ray task that holds the driver bundle (so Ray sets ``CUDA_VISIBLE_DEVICES`` as it would for entrypoint GPUs). The
+   command's output (stdout and stderr, merged) streams back to the launcher, which prints it into the job's log. The
+   launcher exits with the command's exit code.
+
+The task does not run the command itself: it starts the command's *watcher* (``watcher.py``), which runs the command as
+a process group of its own and takes that whole group down (SIGTERM, then SIGKILL) when the command loses its cluster:
+when the task's worker dies (however: the watcher holds one end of a socket pair, the *lifeline*, whose other end only
+the worker has), when the raylet of its node exits (the Ray session it runs in is gone), or when this launcher exits
+while it runs on the same machine (a launcher elsewhere: Ray itself kills a dead driver's workers, and so the lifeline
+closes). The launcher, in turn, stops when the process Ray's job supervisor started it under is gone (the head's Ray
+processes were killed: Ray itself would leave this driver running for a minute). So a command does not outlive the
+attempt that started it, and a dispatcher that runs the job again elsewhere does not run it twice at once. When the
+command's shell exits, what it left running in its group is stopped too, as Ray does for an entrypoint.
 
 The user's command finds its reservation through ``rayfleet.gang.current()`` (environment variables
 ``RAYFLEET_PLACEMENT_GROUP_ID``, ``RAYFLEET_GANG_SPEC``, ``RAYFLEET_BUNDLE_INDEX``).
 
 This module travels with the job (``runtime_env`` ``py_modules``), so clusters need no rayfleet installed: it imports
-only the standard library and ``ray``, never the rest of rayfleet. ``wrap()`` is what a dispatcher calls; it ships a
-copy of this file and of ``gang.py`` as the small package ``rayfleet_launcher`` and returns the new entrypoint
+only the standard library, ``ray`` and its sibling ``watcher``, never the rest of rayfleet. ``wrap()`` is what a
+dispatcher calls; it ships a copy of this file, ``gang.py`` and ``watcher.py`` as the small package
+``rayfleet_launcher`` and returns the new entrypoint
 (``python -m rayfleet_launcher '<command>'``). ``python -m rayfleet.launch '<command>'`` works where rayfleet is
 installed.
 
@@ -38,8 +49,13 @@ Exit codes and log markers a dispatcher can rely on (a marker is a whole line of
 - ``rayfleet: stopped before it started`` / ``... while reserving`` and exit ``STOPPED_EXIT`` (143) -- Ray records
   the job STOPPED although this driver runs: ``stop_job`` came while the job was PENDING, which sends no signal. The
   command never ran (the launcher reads the job's record before reserving and before the command starts).
+- ``rayfleet: orphaned`` -- the process that started the launcher (the shell of Ray's job supervisor) is gone, so is
+  the supervisor: the launcher stops as for ``stop_job`` (the line ``rayfleet: stopped by signal 15`` follows), and
+  exits at the latest ``_ORPHAN_EXIT_S`` (15) seconds later. Nobody may read the log by then.
 - ``rayfleet: command lost`` and exit ``COMMAND_LOST_EXIT`` (77) -- the task that ran the command died (its node
-  died, for instance): the command started and may or may not have finished.
+  died, for instance), or the command's watcher stopped it because the raylet of its node exited: the command
+  started and may or may not have finished; its watcher stops whatever of it is left (a line
+  ``rayfleet: watcher: ...``, when the log still gets it).
 
 A job can be a member of a group (``"group"`` in the spec, see docs/groups.md): then no member runs its command until
 every member has reserved. Between "placement group ready" and "run the command" the launcher writes
@@ -63,14 +79,18 @@ import select
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from . import watcher  # shipped beside this module, standard library only
 
 RESERVATION_TIMEOUT_EXIT = 75  # the placement group was not ready within timeout_s; the command never ran
 LAUNCHER_ERROR_EXIT = 76  # bad spec, or a failure before the command started; the command never ran
@@ -90,12 +110,14 @@ STOPPED_MARKER = "rayfleet: stopped"
 GROUP_RESERVED_MARKER = "rayfleet: group member reserved"  # this member holds its reservation; the group decides
 GROUP_GO_MARKER = "rayfleet: group go"  # every member reserved: the command is about to start
 GROUP_ABORTED_MARKER = "rayfleet: group aborted"  # exit 75: the group withdrew, the command never ran
+ORPHANED_MARKER = "rayfleet: orphaned"  # the process that started the launcher (Ray's job supervisor) is gone
 
 PACKAGE = "rayfleet_launcher"  # the name of the package wrap() ships with a job
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 DEFAULT_TIMEOUT_S = 30.0
 _READ_BYTES = 65536
 _STOP_GRACE_S = 2.0
+_ORPHAN_EXIT_S = 15.0  # an orphaned launcher stops as for stop_job, and exits at the latest this long after
 _WAIT_STEP_S = 0.5
 # Variables through which Ray tells a process which accelerators it holds: taken from the task, not the launcher.
 _VISIBILITY_SUFFIXES = ("_VISIBLE_DEVICES", "_VISIBLE_CORES", "_VISIBLE_CHIPS", "_VISIBLE_MODULES")
@@ -183,52 +205,85 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _parent_death_signal() -> Any:
-    """A function for the child between fork and exec that asks Linux to SIGKILL the command's shell when the task's
-    worker dies (a backstop for a killed worker), or None where that is not available. Prepared before the fork, so
-    the child imports nothing."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (ImportError, OSError, AttributeError):
-        return None
-    return lambda: prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
-
-
 def _stop(proc: subprocess.Popen) -> None:
-    """Stop the command's whole process group: SIGTERM, then SIGKILL after a grace period."""
-    for sig, wait in ((signal.SIGTERM, _STOP_GRACE_S), (signal.SIGKILL, _STOP_GRACE_S)):
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
+    """Stop the command through its watcher: on SIGTERM it stops the command's whole process group (SIGTERM, then
+    SIGKILL after the grace period) and exits. SIGKILL to the watcher only if it has not exited well after that (the
+    command's shell then dies of its parent-death signal)."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(2 * _STOP_GRACE_S + 2)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
-def run_command(command: str, env: Mapping[str, str]) -> Iterator[tuple[str, Any]]:
-    """The body of the Ray task that holds the driver bundle: run ``command`` in a shell and stream its output.
+def raylet_pid(environ: Mapping[str, str], parent: int, name_of: Callable[[int], str | None]) -> int | None:
+    """The pid of the raylet of a worker's node: Ray names it in ``RAY_RAYLET_PID`` and starts its workers as its
+    children (``parent``); only a process whose name (``name_of(pid)``) is ``raylet`` counts. None if neither is."""
+    for candidate in (environ.get("RAY_RAYLET_PID", ""), str(parent)):
+        if candidate.isdigit() and int(candidate) > 1 and name_of(int(candidate)) == "raylet":
+            return int(candidate)
+    return None
 
-    Yields ``("out", bytes)`` chunks of merged stdout/stderr, then ``("exit", code)``.
+
+def _watched(launcher: str | None) -> dict[str, watcher.ProcessId]:
+    """What the command's watcher watches, from the task's worker: the worker, its raylet, and the launcher."""
+    watch = {"worker": watcher.identify(os.getpid())}
+    raylet = raylet_pid(os.environ, os.getppid(), watcher.command_name)
+    if raylet is not None:
+        watch["raylet"] = watcher.identify(raylet)
+    if launcher:
+        with contextlib.suppress(ValueError):
+            watch["launcher"] = watcher.ProcessId.decode(launcher)
+    return watch
+
+
+def _lost_reason(lifeline: socket.socket) -> str | None:
+    """What the watcher wrote to the lifeline before it stopped the command (it has exited), or None."""
+    lifeline.setblocking(False)
+    try:
+        data = lifeline.recv(_READ_BYTES)
+    except OSError:  # nothing written (BlockingIOError), or the watcher's end is gone
+        return None
+    return data.decode(errors="replace").strip() or None
+
+
+def run_command(command: str, env: Mapping[str, str], launcher: str | None = None) -> Iterator[tuple[str, Any]]:
+    """The body of the Ray task that holds the driver bundle: run ``command`` in a shell, under its watcher, and
+    stream its output.
+
+    Args:
+        launcher: the launcher process (`watcher.ProcessId.encode`): the watcher stops the command when it exits, if
+            it runs on this machine.
+
+    Yields ``("out", bytes)`` chunks of merged stdout/stderr, then ``("exit", code)``, or ``("lost", reason)`` when
+    the watcher stopped the command because its cluster is going (this node's raylet exited, the launcher did).
     """
     full_env = command_env(env, os.environ, {})
-    proc = subprocess.Popen(
-        command,
-        shell=True,
-        env=full_env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so that _stop() reaches everything it started
-        preexec_fn=_parent_death_signal(),
-    )
+    # The lifeline: this worker holds one end of a socket pair (never written), the watcher the other. End of file
+    # there means this process is gone, whatever killed it; the watcher writes why it stopped the command, if it did.
+    lifeline, theirs = socket.socketpair()
+    argv = watcher.watcher_argv(sys.executable, watcher.__file__, command, lifeline=theirs.fileno(),
+                                watch=_watched(launcher), grace_s=_STOP_GRACE_S)  # fmt: skip
+    try:
+        proc = subprocess.Popen(
+            argv,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # neither in this worker's process group (the raylet kills it) nor the command's
+            pass_fds=(theirs.fileno(),),
+        )
+    except BaseException:
+        lifeline.close()
+        raise
+    finally:
+        theirs.close()
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     try:
@@ -241,10 +296,13 @@ def run_command(command: str, env: Mapping[str, str]) -> Iterator[tuple[str, Any
             if not chunk:
                 break
             yield ("out", chunk)
-        yield ("exit", _exit_code(proc.wait()))
+        code = _exit_code(proc.wait())
+        lost = _lost_reason(lifeline)
+        yield ("lost", lost) if lost is not None else ("exit", code)
     finally:
         _stop(proc)
         proc.stdout.close()
+        lifeline.close()
 
 
 def _say(line: str) -> None:
@@ -313,15 +371,18 @@ def reserve_and_run(command: str, spec: Mapping[str, Any]) -> int:
             name="rayfleet-command",
             **task_options(bundles[driver]),
         )
-        generator = task.remote(command, env)
+        generator = task.remote(command, env, watcher.identify(os.getpid()).encode())
         out = sys.stdout.buffer
         code: int | None = None
+        lost: str | None = None
         try:
             for ref in generator:
                 kind, payload = ray.get(ref)
                 if kind == "out":
                     out.write(payload)
                     out.flush()
+                elif kind == "lost":
+                    lost = payload
                 else:
                     code = payload
         except ray.exceptions.RayError as e:
@@ -329,6 +390,9 @@ def reserve_and_run(command: str, spec: Mapping[str, Any]) -> int:
             _say(f"{LOST_MARKER}: the task running the command failed: {type(e).__name__}: {e}")
             return COMMAND_LOST_EXIT
         generator = None
+        if lost is not None:
+            _say(f"{LOST_MARKER}: its watcher stopped the command: {lost}")
+            return COMMAND_LOST_EXIT
         if code is None:
             _say(f"{LOST_MARKER}: the task running the command ended without an exit code")
             return COMMAND_LOST_EXIT
@@ -764,6 +828,29 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+def _follow_parent(interval: float = _WAIT_STEP_S, exit_after: float = _ORPHAN_EXIT_S) -> None:
+    """Share the fate of the process that started the launcher (the shell in which Ray's job supervisor runs the
+    entrypoint): once it is gone, the supervisor is (its node's Ray processes were killed, say), and Ray would not stop
+    this driver before the GCS gives up on it, a minute later. So the launcher stops as for ``stop_job`` (SIGTERM to
+    itself: it cancels the command's task, whose watcher stops the command), and exits ``exit_after`` seconds later if
+    that cleanup hangs (a dead GCS); its exit is what the command's watcher sees on this machine."""
+    parent = os.getppid()
+    if parent <= 1:  # orphaned already, or a pid namespace's init: nothing to follow
+        return
+
+    def follow() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        _say(f"{ORPHANED_MARKER}: the launcher's parent (pid {parent}, which Ray's job supervisor started) is gone: "
+             "stopping the command and releasing the reservation")  # fmt: skip
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(exit_after)
+        _say(f"{ORPHANED_MARKER}: the launcher did not stop within {exit_after:g} s: exiting")
+        os._exit(STOPPED_EXIT)
+
+    threading.Thread(target=follow, name="rayfleet-follow-parent", daemon=True).start()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m rayfleet_launcher [--spec JSON] COMMAND...``: the launcher's command line."""
     parser = argparse.ArgumentParser(prog="rayfleet-launch", description=__doc__.split("\n\n")[0])
@@ -793,6 +880,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return LAUNCHER_ERROR_EXIT
     # Ray's stop_job sends SIGTERM: stop the command and remove the group. After ray.init(), which installs its own.
     signal.signal(signal.SIGTERM, _on_sigterm)
+    _follow_parent()
     try:
         return reserve_and_run(command, spec)
     finally:
@@ -802,12 +890,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- for the dispatcher (runs on the submitting machine) ---------------------------------------------------------
 
 
+SHIPPED_MODULES = ("launch.py", "gang.py", "watcher.py")  # the files of rayfleet that travel with a job
+
+
 def _sources() -> dict[str, str]:
     here = Path(__file__).resolve().parent
-    return {"launch.py": (here / "launch.py").read_text(), "gang.py": (here / "gang.py").read_text()}
+    return {name: (here / name).read_text() for name in SHIPPED_MODULES}
 
 
-_INIT = '"""rayfleet\'s launcher, shipped with a job (a copy of rayfleet/launch.py and rayfleet/gang.py)."""\n\n'
+_INIT = '"""rayfleet\'s launcher, shipped with a job (a copy of rayfleet/launch.py, gang.py and watcher.py)."""\n\n'
 _INIT += "from rayfleet_launcher.gang import Gang, current, in_gang\n\n__all__ = ['Gang', 'current', 'in_gang']\n"
 _MAIN = "import sys\n\nfrom rayfleet_launcher.launch import main\n\nsys.exit(main())\n"
 

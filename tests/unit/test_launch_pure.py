@@ -1,4 +1,5 @@
-"""Unit tests of the launcher's pure parts: what it imports, the spec, ``wrap()``, and ``gang.current()``."""
+"""Unit tests of the launcher's pure parts: what it imports, the spec, ``wrap()``, ``gang.current()``, and the
+decisions of the command's watcher."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rayfleet import gang, launch
+from rayfleet import gang, launch, watcher
 from rayfleet.launch import (
     LAUNCHER_ERROR_EXIT,
     PACKAGE,
@@ -23,8 +24,9 @@ from rayfleet.launch import (
     task_options,
     wrap,
 )
+from rayfleet.watcher import ProcessId, Stat, live_members, parse_argv, parse_stat, same_process, stop_reason
 
-SHIPPED = [Path(launch.__file__), Path(gang.__file__)]
+SHIPPED = [Path(launch.__file__), Path(gang.__file__), Path(watcher.__file__)]
 A100 = {"CPU": 1, "GPU": 1, "accelerator_type:A100": 0.001}
 
 
@@ -41,8 +43,13 @@ def imported_modules(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_modules_import_only_the_standard_library_and_ray(path: Path) -> None:
-    allowed = set(sys.stdlib_module_names) | {"ray", "__future__"}
+    allowed = set(sys.stdlib_module_names) | {"ray", "__future__", "."}  # ".": a sibling that travels along
     assert imported_modules(path) - allowed == set()
+
+
+def test_the_shipped_package_is_the_shipped_modules() -> None:
+    assert sorted(launch.SHIPPED_MODULES) == sorted(p.name for p in SHIPPED)
+    assert imported_modules(Path(watcher.__file__)) <= set(sys.stdlib_module_names) | {"__future__"}  # -I -S
 
 
 def test_environment_names_agree() -> None:
@@ -68,7 +75,7 @@ def test_wrap_returns_the_launcher_entrypoint_and_runtime_env() -> None:
     assert Path(package).name == PACKAGE
     for source in SHIPPED:
         assert (Path(package) / source.name).read_text() == source.read_text()
-    assert {p.name for p in Path(package).iterdir()} >= {"__init__.py", "__main__.py", "launch.py", "gang.py"}
+    assert {p.name for p in Path(package).iterdir()} >= {"__init__.py", "__main__.py", *launch.SHIPPED_MODULES}
     spec = json.loads(additions["env_vars"][SPEC_ENV])
     assert spec == {"bundles": [A100, A100], "strategy": "STRICT_SPREAD", "timeout_s": 30.0, "driver_bundle": 1}
 
@@ -181,3 +188,106 @@ def test_current_reads_the_reservation(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_signal_becomes_128_plus_its_number() -> None:
     assert (launch._exit_code(-9), launch._exit_code(0), launch._exit_code(3)) == (137, 0, 3)
+
+
+# --- the command's watcher ------------------------------------------------------------------------------------------
+
+
+def test_watcher_and_launcher_agree_on_the_error_exit() -> None:
+    assert (watcher.LAUNCHER_ERROR_EXIT, watcher.ERROR_MARKER) == (launch.LAUNCHER_ERROR_EXIT, launch.ERROR_MARKER)
+    assert watcher.WATCHER_MARKER.startswith(launch.MARKER)
+    assert not watcher.WATCHER_MARKER.startswith((launch.STOPPED_MARKER, launch.LOST_MARKER, launch.ERROR_MARKER))
+
+
+def test_parse_stat_reads_past_a_command_name_with_spaces_and_parentheses() -> None:
+    text = "4242 (ray::a (b) c) Z 17 4240 4240 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 987654 0 0 18446744073709551615"
+    assert parse_stat(text) == Stat(state="Z", ppid=17, pgrp=4240, start=987654)
+    assert not parse_stat(text).running
+    assert parse_stat(text.replace(") Z ", ") S ")).running
+
+
+@pytest.mark.parametrize(
+    "process", [ProcessId(7), ProcessId(7, 123), ProcessId(7, None, "boot.4026531836"), ProcessId(7, 0, "h")]
+)
+def test_process_id_round_trips(process: ProcessId) -> None:
+    assert ProcessId.decode(process.encode()) == process
+
+
+@pytest.mark.parametrize("text", ["", "x", "0", "-3:1:h", "7:x:h", ":1:h"])
+def test_process_id_refuses_garbage(text: str) -> None:
+    with pytest.raises(ValueError):
+        ProcessId.decode(text)
+
+
+def test_only_a_process_on_this_host_is_watched_by_pid() -> None:
+    here = "boot-a.4026531836"
+    assert watcher.watchable(ProcessId(7, 1, here), here)
+    assert not watcher.watchable(ProcessId(7, 1, "boot-a.4026532000"), here)  # another pid namespace (a container)
+    assert not watcher.watchable(ProcessId(7, 1, "boot-b.4026531836"), here)  # another machine, or another boot
+    assert not watcher.watchable(ProcessId(7, 1, None), here)
+    assert not watcher.watchable(ProcessId(7, 1, None), None)  # not Linux: no pid is comparable
+
+
+def test_a_reused_pid_or_a_zombie_is_not_the_process() -> None:
+    target = ProcessId(7, 100, "h")
+    assert same_process(target, Stat("S", 1, 7, 100))
+    assert not same_process(target, Stat("S", 1, 7, 101))  # the pid now belongs to a newer process
+    assert not same_process(target, Stat("Z", 1, 7, 100))  # it exited; its parent has not reaped it yet
+    assert not same_process(target, None)  # gone
+    assert same_process(ProcessId(7), Stat("R", 1, 7, 5))  # start unknown: the pid is all there is
+
+
+def test_live_members_leave_out_zombies_and_other_groups() -> None:
+    table = {10: Stat("Z", 3, 10, 1), 11: Stat("S", 10, 10, 2), 12: Stat("R", 1, 10, 3), 13: Stat("S", 1, 13, 4)}
+    assert live_members(table, 10) == [11, 12]
+    assert live_members({10: Stat("Z", 3, 10, 1)}, 10) == []
+
+
+def test_stop_reason_names_what_went_first_a_signal_then_a_process_then_the_lifeline() -> None:
+    describe = {"raylet": "raylet of this node"}
+    raylet = {"raylet": ProcessId(99, 5, "h")}
+    assert stop_reason(True, {}, [], describe) is None
+    assert stop_reason(True, raylet, [], describe) == "the raylet of this node (pid 99) is gone"
+    assert stop_reason(False, raylet, [], describe) == "the raylet of this node (pid 99) is gone"
+    assert stop_reason(False, {}, [], describe).startswith("the lifeline closed")
+    assert stop_reason(False, raylet, [15], describe).startswith("got signal 15")
+    assert stop_reason(True, {"launcher": ProcessId(5)}, [], {}) == "the launcher (pid 5) is gone"
+
+
+def test_watcher_exit_code_is_the_shells() -> None:
+    assert (watcher.exit_code(-15), watcher.exit_code(0), watcher.exit_code(3)) == (143, 0, 3)
+
+
+def test_watcher_command_line_round_trips() -> None:
+    watch = {"worker": ProcessId(10, 1, "h"), "launcher": ProcessId(20, None, None)}
+    command = "python train.py --name 'a b' -- --lifeline 3 && echo $HOME"
+    argv = watcher.watcher_argv("/py", "/x/watcher.py", command, lifeline=5, watch=watch, grace_s=0.5)
+    assert argv[:4] == ["/py", "-I", "-S", "/x/watcher.py"]
+    args = parse_argv(argv[4:])
+    assert (args.command, args.lifeline, args.watch, args.grace) == (command, 5, watch, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--lifeline", "3"], "exactly one command"),
+        (["--lifeline", "3", "--", "  "], "exactly one command"),
+        (["--watch", "raylet", "--", "true"], "NAME=pid"),
+        (["--watch", "raylet=x", "--", "true"], "not a process id"),
+        (["--grace", "-1", "--", "true"], "grace"),
+        (["--nonsense", "--", "true"], "unrecognized"),
+    ],
+)
+def test_watcher_refuses_bad_arguments(argv: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_argv(argv)
+    assert watcher.main(argv) == LAUNCHER_ERROR_EXIT
+
+
+def test_the_raylet_is_the_parent_or_the_named_pid_only_if_it_is_a_raylet() -> None:
+    names = {100: "raylet", 200: "python", 300: "raylet"}.get
+    assert launch.raylet_pid({"RAY_RAYLET_PID": "100"}, 200, names) == 100
+    assert launch.raylet_pid({}, 300, names) == 300  # no variable: the worker's parent
+    assert launch.raylet_pid({"RAY_RAYLET_PID": "200"}, 300, names) == 300  # a stale variable
+    assert launch.raylet_pid({"RAY_RAYLET_PID": "x"}, 200, names) is None
+    assert launch.raylet_pid({}, 1, {1: "raylet"}.get) is None  # re-parented to init: the raylet is already gone

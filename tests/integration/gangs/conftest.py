@@ -8,11 +8,14 @@ it, so that their five nodes do not weigh on the rest of the session).
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
 
 from rayfleet import LocalClusterSpec, LocalFleet, LocalNodeSpec
+from rayfleet.watcher import ProcessId
+from tests.integration.gangs.processes import gone
 
 GPU_NODE = LocalNodeSpec(cpus=1, gpus=1, accelerator="A100", memory="512MiB")
 SPECS = (
@@ -31,3 +34,14 @@ def gang_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]
 @pytest.fixture(scope="package")
 def spread_address(gang_fleet: LocalFleet) -> str:
     return next(c.address for c in gang_fleet.running if c.name == "spread")
+
+
+@pytest.fixture()
+def survivors() -> Iterator[list[ProcessId]]:
+    """Processes a test starts or records (a job's command): whatever of them still runs at the end is SIGKILLed, by
+    pid and start time (so that a failing test, or the old launcher, leaves no orphan behind)."""
+    processes: list[ProcessId] = []
+    yield processes
+    for process in processes:
+        if not gone(process):
+            os.kill(process.pid, signal.SIGKILL)

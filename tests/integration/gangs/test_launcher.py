@@ -6,6 +6,8 @@ The package's "spread" cluster (tests/integration/gangs/conftest.py): a head wit
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,7 +25,9 @@ from rayfleet.launch import (
     merge_runtime_env,
     wrap,
 )
+from rayfleet.watcher import ProcessId
 from tests.integration.conftest import poll
+from tests.integration.gangs.processes import cmdline, group_command, recorded, wait_gone
 
 pytestmark = pytest.mark.integration
 
@@ -150,6 +154,23 @@ def test_stop_job_stops_the_command_and_frees_the_group(
     client.stop_job(job)
     assert finish(client, job, timeout=30) == JobStatus.STOPPED
     poll(lambda: not Path(f"/proc/{pid}").exists(), timeout=15)
+    poll(lambda: group_states(address, job) == ["REMOVED"], timeout=15)
+
+
+def test_a_killed_launcher_takes_its_whole_command_down(
+    client: JobSubmissionClient, address: str, tmp_path: Path, survivors: list[ProcessId]
+) -> None:
+    """SIGKILL to the launcher (the job's driver), which cannot clean up: the command's shell and its background child
+    go (the command's watcher sees the launcher exit on this machine; Ray also kills a dead driver's workers, and
+    their descendants, while the raylet lives), the job fails and its placement group is removed."""
+    pids = tmp_path / "pids"
+    job = submit(client, group_command(pids), [A100], "PACK", 30)
+    command = recorded(pids, survivors, timeout=60)
+    launcher = int(client.get_job_info(job).driver_info.pid)
+    assert f"-m {PACKAGE} " in cmdline(launcher), cmdline(launcher)
+    os.kill(launcher, signal.SIGKILL)
+    wait_gone(*command, timeout=20, after="the launcher was killed")
+    assert finish(client, job, timeout=30) == JobStatus.FAILED
     poll(lambda: group_states(address, job) == ["REMOVED"], timeout=15)
 
 
