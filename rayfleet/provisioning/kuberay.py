@@ -285,15 +285,8 @@ class KubeRayProvisioner:
                     provisioner=self.name,
                     cluster=cluster.name,
                 )
-            if (why := failure(obj)) is not None:
-                raise ProvisioningError(
-                    f"RayCluster {cluster.name} failed: {why}",
-                    "check the KubeRay operator's events for the cluster",
-                    provisioner=self.name,
-                    cluster=cluster.name,
-                )
-            if is_ready(obj) and (address := self._address_of(cluster.name, obj)) is not None:
-                return self._as_cluster(cluster, address)
+            if (ready := self._ready(cluster, obj)) is not None:
+                return ready
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ProvisioningError(
@@ -329,6 +322,10 @@ class KubeRayProvisioner:
                 cluster=cluster.name,
                 status=404,
             )
+        return self._ready(cluster, obj)
+
+    def _ready(self, cluster: ManagedCluster, obj: Mapping[str, Any]) -> Cluster | None:
+        """The fleet `Cluster` if the RayCluster object is ready, None if not yet; raises if it failed."""
         if (why := failure(obj)) is not None:
             raise ProvisioningError(
                 f"RayCluster {cluster.name} failed: {why}",

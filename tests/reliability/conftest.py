@@ -61,14 +61,27 @@ def ray_jobs(address: str, job_ids: set[str]) -> list[tuple[str, str, str]]:
     return out
 
 
+def fences(address: str, job_ids: set[str]) -> set[str]:
+    """The submission ids of ``job_ids`` that the cluster holds as fences (no-op jobs that took an attempt's id so that
+    its stopped submitter can never start it)."""
+    client = JobSubmissionClient(address)
+    return {
+        str(job.submission_id)
+        for job in client.list_jobs()
+        if (job.metadata or {}).get("rayfleet.fence") and (job.metadata or {}).get("rayfleet.job_id") in job_ids
+    }
+
+
 def ledger_matches_ray(ledger: Ledger, addresses: dict[str, str], job_ids: set[str]) -> list[str]:
     """What disagrees between the ledger's attempts and the clusters' job lists (empty when they agree):
-    every submission Ray has is a ledger attempt on that cluster, none twice, and Ray's final state is the ledger's.
+    every submission Ray has is a ledger attempt on that cluster, none twice, and Ray's final state is the ledger's;
+    a fence's attempt is FAILED as never submitted.
     """
     problems = []
     attempts = {a.submission_id: a for j in job_ids for a in ledger.job(j).attempts}
     seen: dict[str, str] = {}
     for name, address in addresses.items():
+        fenced = fences(address, job_ids)
         for sid, _owner, status in ray_jobs(address, job_ids):
             if sid in seen:
                 problems.append(f"{sid} is on {seen[sid]} and {name}")
@@ -78,6 +91,9 @@ def ledger_matches_ray(ledger: Ledger, addresses: dict[str, str], job_ids: set[s
                 problems.append(f"{name} has {sid}, which the ledger does not know")
             elif attempt.cluster != name:
                 problems.append(f"{sid} is on {name}, the ledger says {attempt.cluster}")
+            elif sid in fenced:
+                if attempt.state.value != "FAILED" or "fenced" not in (attempt.detail or ""):
+                    problems.append(f"{sid} is a fence on {name}, the ledger says {attempt.state.value}")
             elif status in ("SUCCEEDED", "FAILED", "STOPPED") and attempt.state.value != status:
                 problems.append(f"{sid}: Ray says {status}, the ledger {attempt.state.value}")
     return problems

@@ -26,7 +26,7 @@ from rayfleet.ledger import Ledger
 from rayfleet.states import JobState
 from tests.clock import ManualClock
 from tests.polling import poll
-from tests.reliability.conftest import drive, dump, ledger_matches_ray, marker, ray_jobs, started
+from tests.reliability.conftest import drive, dump, fences, ledger_matches_ray, marker, ray_jobs, started
 
 pytestmark = pytest.mark.integration
 
@@ -93,9 +93,12 @@ def test_a_dispatcher_killed_mid_burst_is_reattached_and_every_job_runs_exactly_
         assert sum(runs.values()) == len(ids), runs
         assert ledger_matches_ray(ledger, addresses, ids) == []  # no submission id twice, none unknown to the ledger
         on_ray = {sid for address in addresses.values() for sid, _, _ in ray_jobs(address, ids)}
-        for j in ids:  # and every attempt the ledger says was submitted is on its cluster
+        fenced = {sid for address in addresses.values() for sid in fences(address, ids)}
+        for j in ids:  # every attempt the ledger says was submitted is on its cluster; one never submitted is fenced
             for a in ledger.job(j).attempts:
-                assert (a.submission_id in on_ray) == ("never submitted" not in (a.detail or "")), report
+                never = "never submitted" in (a.detail or "")
+                assert (a.submission_id in on_ray and a.submission_id not in fenced) == (not never), report
+                assert (a.submission_id in fenced) == never, report
         print(f"\ndispatcher crash: {len(ids)} jobs in the ledger, {len(printed)} returned before SIGKILL, "
               f"in flight at the kill: {windows}")  # fmt: skip
     finally:
@@ -136,7 +139,8 @@ def test_a_crash_between_recorded_placed_and_submitted_fences_the_attempt_after_
         assert "fenced" in (first.detail or "")
         assert second.cluster == "b"  # its cluster is tried last
         # on "a", attempt 1's id is taken by the fence (a no-op), so its submitter could never start it there
-        assert [(s, st) for s, _, st in ray_jobs(stable_clusters[0].address, {job_id})] == [(sid, "SUCCEEDED")]
+        assert fences(stable_clusters[0].address, {job_id}) == {sid}
+        assert [s for s, _, _ in ray_jobs(stable_clusters[0].address, {job_id})] == [sid]
         fence = JobSubmissionClient(stable_clusters[0].address).get_job_info(sid)
         assert fence.entrypoint == "true" and fence.metadata.get("rayfleet.fence") == "1"
         assert [s for s, _, _ in ray_jobs(stable_clusters[1].address, {job_id})] == [f"{job_id}-2"]
@@ -190,11 +194,10 @@ def test_a_submitter_paused_between_record_and_submit_is_fenced_and_the_command_
             first, second = fleet.ledger.job(job.id).attempts
             assert first.state is JobState.FAILED and "fenced" in (first.detail or "")
             assert second.state is JobState.SUCCEEDED
-        everywhere = sorted(r for c in stable_clusters for r in ray_jobs(c.address, {job.id}))
-        assert [(s, st) for s, _, st in everywhere] == [
-            (first.submission_id, "SUCCEEDED"),
-            (second.submission_id, "SUCCEEDED"),
-        ]
+        # every cluster's job list: attempt 2, and attempt 1's id held by the fence only
+        everywhere = sorted(s for c in stable_clusters for s, _, _ in ray_jobs(c.address, {job.id}))
+        assert everywhere == sorted([first.submission_id, second.submission_id])
+        assert {s for c in stable_clusters for s in fences(c.address, {job.id})} == {first.submission_id}
         assert started(ran) == [second.submission_id]  # the user's command ran once
     finally:
         if child.poll() is None:
