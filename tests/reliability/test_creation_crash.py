@@ -73,15 +73,18 @@ def test_a_submitter_killed_during_a_creation_loses_nothing_and_runs_the_job_onc
     ledger = Ledger(ledger_path)
     [recorded] = ledger.jobs()  # recorded before it died, whatever the point
     with Fleet(config=FleetConfig.build(**data), ledger=ledger_path) as fleet:
-        job = fleet.job(recorded.id)
-        assert job.wait(timeout=240) is JobState.SUCCEEDED, dump(ledger, {recorded.id})
-        assert started(ran) == [job.submission_id]  # the command ran once, under the attempt that succeeded
-        states = {c.name: c.state for c in ledger.managed(live_only=False)}
-        assert states[job.cluster] == "READY"
-        if point == "creation.asked":  # its creator died while it started: that cluster failed, another was made
-            assert sorted(states.values()) == ["FAILED", "READY"], states
-        else:
-            assert list(states.values()) == ["READY"], states
-        assert fleet.gc(everything=True) == [job.cluster]
+        try:
+            job = fleet.job(recorded.id)
+            assert job.wait(timeout=240) is JobState.SUCCEEDED, dump(ledger, {recorded.id})
+            assert started(ran) == [job.submission_id]  # the command ran once, under the attempt that succeeded
+            states = {c.name: c.state for c in ledger.managed(live_only=False)}
+            assert states[job.cluster] == "READY"
+            if point == "creation.asked":  # its creator died while it started: that cluster failed, another was made
+                assert sorted(states.values()) == ["FAILED", "READY"], states
+            else:
+                assert list(states.values()) == ["READY"], states
+        finally:  # a failed assertion must not leave a cluster running for the rest of the suite
+            deleted = fleet.gc(everything=True)
+        assert deleted == [job.cluster]
     assert not any((tmp_path / "clusters").rglob("rf-*")), "a cluster was left behind"
     ledger.close()
