@@ -27,8 +27,6 @@ from rayfleet.placement.provision import (
     Headroom,
     ProvisionerState,
     creations,
-    gang_creations,
-    gang_headroom,
     headroom,
 )
 from rayfleet.provisioning.base import ManagedCluster, Provisioner
@@ -61,11 +59,7 @@ class Creations:
         managed = self._managed_templates(exclude)
         room = [
             h
-            for h in (
-                gang_headroom(sub.gang, managed, snapshots)
-                if sub.gang is not None
-                else headroom(sub.resources, managed, snapshots)
-            )
+            for h in headroom(sub.wanted, managed, snapshots)
             if all(self._clusters[h.cluster].labels.get(k) == v for k, v in sub.labels.items())
         ]
         live = self._live_managed()  # by this process or another: a creation under way counts
@@ -90,7 +84,7 @@ class Creations:
                 for k, v in sub.labels.items()
             )
             else Creation(c.provisioner, c.template, False, "its labels do not match the job's")
-            for c in (gang_creations(sub.gang, states) if sub.gang is not None else creations(sub.resources, states))
+            for c in creations(sub.wanted, states)
         ]
         return room, sorted(made, key=lambda c: (not c.fits, c.price, c.workers, c.provisioner, c.template))
 
@@ -310,7 +304,7 @@ class Creations:
         if any(template.labels.get(k) != v for k, v in sub.labels.items()):
             return None
         state = [ProvisionerState(record.provisioner, [template], max_clusters=1 << 30, max_gpus=1 << 30)]
-        made = gang_creations(sub.gang, state) if sub.gang is not None else creations(sub.resources, state)
+        made = creations(sub.wanted, state)
         return next((c for c in made if c.fits), None)
 
     def _creation_failed(self, job: JobRecord, record: ManagedClusterRecord | None, *, avoid: bool = True) -> None:

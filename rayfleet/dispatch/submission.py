@@ -97,6 +97,11 @@ class Submission(BaseModel):
         """Whether the job goes through the launcher (it reserves something, so its start must be confirmed)."""
         return self.gang is not None or not self.resources.is_empty
 
+    @property
+    def wanted(self) -> Resources | Gang:
+        """What the job reserves: its gang, or its resources as the one bundle of a STRICT_PACK reservation."""
+        return self.gang if self.gang is not None else self.resources
+
     def to_json(self) -> dict[str, Any]:
         """What the ledger keeps of the request (the rest has columns of its own), with its version."""
         return {"version": REQUEST_VERSION, **self.model_dump(mode="json", exclude=set(_STORED_APART))}

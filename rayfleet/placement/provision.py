@@ -50,16 +50,20 @@ class ProvisionerState:
     gpus: int = 0
 
 
-def _holder(template: ClusterTemplate, request: Resources) -> tuple[str | None, int, str | None] | None:
-    """(group name or None for the head, workers needed, accelerator) of the cheapest way the template holds it."""
+Wanted = Resources | Gang  # a plain job is one bundle (STRICT_PACK), a gang its bundles: one path for both
+
+
+def _bundles(wanted: Wanted) -> tuple[tuple[Resources, ...], str]:
+    return (wanted.bundles, wanted.strategy) if isinstance(wanted, Gang) else ((wanted,), "STRICT_PACK")
+
+
+def _on_head(template: ClusterTemplate, wanted: Wanted) -> bool:
+    """Whether the template's head alone holds it: one bundle that needs no GPU and fits the head's CPUs and memory."""
+    bundles, _ = _bundles(wanted)
+    if len(bundles) != 1 or bundles[0].gpu or bundles[0].accelerators:
+        return False
     head_cpus = template.head.ray_cpus if template.head.ray_cpus is not None else template.head.cpu
-    head = {"CPU": head_cpus, "memory": float(template.head.memory)}
-    if not request.gpu and not request.accelerators and request.fits(head):
-        return None, 0, None
-    for group in template.workers:
-        if template.max_workers(group) > 0 and group.can_hold(request):
-            return group.name, 1, group.accelerator if request.gpu else None
-    return None
+    return bundles[0].fits({"CPU": head_cpus, "memory": float(template.head.memory)})
 
 
 def _workers(template: ClusterTemplate, snap: ClusterSnapshot) -> tuple[int, int]:
@@ -69,88 +73,31 @@ def _workers(template: ClusterTemplate, snap: ClusterSnapshot) -> tuple[int, int
     return max(0, len(snap.node_ids) - 1) + launching, sum(template.max_workers(g) for g in template.workers)
 
 
-def headroom(
-    request: Resources, managed: Mapping[str, ClusterTemplate], snapshots: Mapping[str, ClusterSnapshot]
-) -> list[Headroom]:
-    """For each managed autoscaling cluster: can its autoscaler add a worker that holds ``request``?"""
-    out = []
-    for name, template in sorted(managed.items()):
-        if not template.autoscaled:
-            continue
-        snap = snapshots.get(name)
-        if snap is None or not snap.healthy:
-            out.append(Headroom(name, False, "no healthy reading"))
-            continue
-        groups = [g for g in template.workers if g.can_hold(request)]
-        if not groups:
-            out.append(Headroom(name, False, f"no worker group of template {template.name} can hold it"))
-            continue
-        workers, ceiling = _workers(template, snap)
-        if workers >= ceiling:
-            out.append(Headroom(name, False, f"at its maximum of {ceiling} workers"))
-            continue
-        model = groups[0].accelerator if request.gpu else None
-        out.append(
-            Headroom(name, True, f"its autoscaler can add a {groups[0].name} worker ({workers} of {ceiling})", model)
-        )
-    return out
-
-
-def _capped(state: ProvisionerState, template: ClusterTemplate) -> str | None:
-    """Why the provisioner may not create another cluster of ``template`` (its caps), or None."""
-    if state.clusters >= state.max_clusters:
-        return f"provisioner {state.name} is at its cap of {state.max_clusters} clusters"
-    if state.gpus + template.total_gpus() > state.max_gpus:
-        return f"would pass provisioner {state.name}'s cap of {state.max_gpus} GPUs ({state.gpus} in use)"
-    return None
-
-
-def creations(request: Resources, provisioners: Sequence[ProvisionerState]) -> list[Creation]:
-    """Every template of every provisioner: can a new cluster hold ``request``, at what price? Best first."""
-    out = []
-    for state in provisioners:
-        for template in state.templates:
-            holder = _holder(template, request)
-            if holder is None:
-                out.append(Creation(state.name, template.name, False, "no worker (or head) of it can hold it"))
-                continue
-            if capped := _capped(state, template):
-                out.append(Creation(state.name, template.name, False, capped))
-                continue
-            group, workers, model = holder
-            where = f"a {group} worker" if group else "its head"
-            price = template.hourly_price(request)
-            out.append(
-                Creation(state.name, template.name, True, f"{where} can hold it, {price:g}/h", price, workers, model)
-            )
-    return sorted(out, key=lambda c: (not c.fits, c.price, c.workers, c.provisioner, c.template))
-
-
-# ----- gangs ------------------------------------------------------------------------------------------------------
-
-
-def gang_workers(
-    template: ClusterTemplate, gang: Gang, free_slots: Mapping[str, int] | None = None
-) -> tuple[int, str | None] | str:
-    """How a cluster of ``template`` holds every bundle of ``gang`` on workers it adds: (workers, GPU model), or the
-    reason it cannot.
+def workers_for(
+    template: ClusterTemplate, wanted: Wanted, free_slots: Mapping[str, int] | None = None
+) -> tuple[int, str | None, tuple[str, ...]] | str:
+    """How a cluster of ``template`` holds ``wanted`` (a plain job's one bundle, or every bundle of a gang) on workers
+    it adds: (workers, GPU model, the worker group of each), or the reason it cannot.
 
     Conservative: one bundle per new worker, which every strategy allows but STRICT_PACK of several bundles (it needs
-    them on one node: refused here). All GPU bundles get workers of one GPU model, as placement requires.
-    ``free_slots`` caps the workers each group may still add (default: its maximum).
+    them on one node: refused here). All GPU bundles get workers of one GPU model, as placement requires; the
+    models are tried in the order of the template's groups that hold the largest bundle. ``free_slots`` caps the
+    workers each group may still add (default: its maximum).
     """
-    if gang.strategy == "STRICT_PACK" and len(gang.bundles) > 1:
+    bundles, strategy = _bundles(wanted)
+    if strategy == "STRICT_PACK" and len(bundles) > 1:
         return "a STRICT_PACK gang of several bundles needs one node for all: not planned on new workers"
-    for bundle in gang.bundles:
+    for bundle in bundles:
         if not any(template.max_workers(g) > 0 and g.can_hold(bundle) for g in template.workers):
-            return f"no worker group of template {template.name} can hold a bundle of {bundle.describe()}"
+            what = "it" if len(bundles) == 1 else f"a bundle of {bundle.describe()}"
+            return f"no worker group of template {template.name} can hold {what}"
     slots = {g.name: template.max_workers(g) for g in template.workers} if free_slots is None else dict(free_slots)
-    models = sorted({g.accelerator for g in template.workers if g.accelerator}) or [None]
-    why = f"no worker group of template {template.name} can hold {gang.describe()}"
-    for model in models if any(b.gpu for b in gang.bundles) else [None]:
-        left = dict(slots)
-        ok = True
-        for bundle in sorted(gang.bundles, key=lambda b: (-b.gpu, -b.cpu)):
+    order = sorted(bundles, key=lambda b: (-b.gpu, -b.cpu))
+    gpu = any(b.gpu for b in bundles)
+    models = list(dict.fromkeys(g.accelerator for g in template.workers if g.accelerator and g.can_hold(order[0])))
+    for model in models if gpu and models else [None]:
+        left, groups = dict(slots), []
+        for bundle in order:
             group = next(
                 (
                     g
@@ -160,19 +107,23 @@ def gang_workers(
                 None,
             )
             if group is None:
-                ok = False
-                why = f"template {template.name} cannot add a worker for every bundle of {gang.describe()}"
                 break
             left[group.name] -= 1
-        if ok:
-            return len(gang.bundles), model
-    return why
+            groups.append(group.name)
+        else:
+            return len(bundles), model, tuple(groups)
+    return f"template {template.name} cannot add a worker for every bundle of {wanted.describe()}"
 
 
-def gang_headroom(
-    gang: Gang, managed: Mapping[str, ClusterTemplate], snapshots: Mapping[str, ClusterSnapshot]
+def _adds(groups: tuple[str, ...]) -> str:
+    return f"a {groups[0]} worker" if len(groups) == 1 else f"{len(groups)} workers"
+
+
+def headroom(
+    wanted: Wanted, managed: Mapping[str, ClusterTemplate], snapshots: Mapping[str, ClusterSnapshot]
 ) -> list[Headroom]:
-    """For each managed autoscaling cluster: can its autoscaler add workers that hold every bundle of ``gang``?"""
+    """For each managed autoscaling cluster: can its autoscaler add workers that hold ``wanted`` (a plain job, or
+    every bundle of a gang at once)?"""
     out = []
     for name, template in sorted(managed.items()):
         if not template.autoscaled:
@@ -185,32 +136,49 @@ def gang_headroom(
         spare = ceiling - workers
         # which groups the spare slots belong to is not in the reading: allow each group its maximum, bounded by
         # the cluster's spare total below
-        plan = gang_workers(template, gang)
+        plan = workers_for(template, wanted)
         if isinstance(plan, str):
             out.append(Headroom(name, False, plan))
+        elif spare <= 0:
+            out.append(Headroom(name, False, f"at its maximum of {ceiling} workers"))
         elif plan[0] > spare:
-            out.append(
-                Headroom(name, False, f"needs {plan[0]} more workers, has room for {spare} ({workers} of {ceiling})")
-            )
+            why = f"needs {plan[0]} more workers, has room for {spare} ({workers} of {ceiling})"
+            out.append(Headroom(name, False, why))
         else:
-            out.append(
-                Headroom(name, True, f"its autoscaler can add {plan[0]} workers ({workers} of {ceiling})", plan[1])
-            )
+            why = f"its autoscaler can add {_adds(plan[2])} ({workers} of {ceiling})"
+            out.append(Headroom(name, True, why, plan[1]))
     return out
 
 
-def gang_creations(gang: Gang, provisioners: Sequence[ProvisionerState]) -> list[Creation]:
-    """Every template of every provisioner: can a new cluster hold every bundle of ``gang``? Best first."""
+def _capped(state: ProvisionerState, template: ClusterTemplate) -> str | None:
+    """Why the provisioner may not create another cluster of ``template`` (its caps), or None."""
+    if state.clusters >= state.max_clusters:
+        return f"provisioner {state.name} is at its cap of {state.max_clusters} clusters"
+    if state.gpus + template.total_gpus() > state.max_gpus:
+        return f"would pass provisioner {state.name}'s cap of {state.max_gpus} GPUs ({state.gpus} in use)"
+    return None
+
+
+def creations(wanted: Wanted, provisioners: Sequence[ProvisionerState]) -> list[Creation]:
+    """Every template of every provisioner: can a new cluster hold ``wanted`` (a plain job on its head or a worker,
+    or every bundle of a gang on workers), at what price? Best first."""
+    bundles, _ = _bundles(wanted)
     out = []
     for state in provisioners:
         for template in state.templates:
-            plan = gang_workers(template, gang)
+            plan: tuple[int, str | None, tuple[str, ...]] | str = (
+                (0, None, ()) if _on_head(template, wanted) else workers_for(template, wanted)
+            )
             if isinstance(plan, str):
                 out.append(Creation(state.name, template.name, False, plan))
-            elif capped := _capped(state, template):
+                continue
+            if capped := _capped(state, template):
                 out.append(Creation(state.name, template.name, False, capped))
-            else:
-                price = sum(template.hourly_price(b) for b in gang.bundles)
-                why = f"{plan[0]} new workers can hold {gang.describe()}, {price:g}/h"
-                out.append(Creation(state.name, template.name, True, why, price, plan[0], plan[1]))
+                continue
+            workers, model, groups = plan
+            price = sum(template.hourly_price(b) for b in bundles)
+            where = "its head" if not groups else _adds(groups) if len(groups) == 1 else f"{len(groups)} new workers"
+            what = "it" if len(bundles) == 1 else wanted.describe()
+            why = f"{where} can hold {what}, {price:g}/h"
+            out.append(Creation(state.name, template.name, True, why, price, workers, model))
     return sorted(out, key=lambda c: (not c.fits, c.price, c.workers, c.provisioner, c.template))

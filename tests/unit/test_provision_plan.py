@@ -14,10 +14,8 @@ from rayfleet.ledger import Ledger
 from rayfleet.placement.provision import (
     ProvisionerState,
     creations,
-    gang_creations,
-    gang_headroom,
-    gang_workers,
     headroom,
+    workers_for,
 )
 from rayfleet.states import JobState
 from rayfleet.templates import ClusterTemplate, HeadSpec, WorkerGroup
@@ -109,11 +107,11 @@ GANG2 = Gang.of(2, Resources(cpu=4, gpu=1), strategy="STRICT_SPREAD")
 
 
 def test_a_gang_plans_one_new_worker_per_bundle_within_the_groups_maximum():
-    assert gang_workers(AUTO_A100, GANG2) == (2, "A100")
+    assert workers_for(AUTO_A100, GANG2) == (2, "A100", ("a100", "a100"))
     three = Gang.of(3, Resources(cpu=4, gpu=1), strategy="SPREAD")
-    assert "cannot add a worker for every bundle" in gang_workers(AUTO_A100, three)  # max 2 A100 workers
-    assert "STRICT_PACK" in gang_workers(AUTO_A100, Gang.of(2, Resources(gpu=1), strategy="STRICT_PACK"))
-    assert "no worker group" in gang_workers(STATIC_CPU, GANG2)
+    assert "cannot add a worker for every bundle" in workers_for(AUTO_A100, three)  # max 2 A100 workers
+    assert "STRICT_PACK" in workers_for(AUTO_A100, Gang.of(2, Resources(gpu=1), strategy="STRICT_PACK"))
+    assert "no worker group" in workers_for(STATIC_CPU, GANG2)
 
 
 def test_gpu_bundles_of_a_gang_get_workers_of_one_model():
@@ -125,22 +123,22 @@ def test_gpu_bundles_of_a_gang_get_workers_of_one_model():
             WorkerGroup(name="h100", cpu=8, gpu=1, accelerator="H100", memory="64GiB", max_replicas=1),
         ],
     )
-    assert isinstance(gang_workers(mixed, GANG2), str)  # one of each model: not one model for both
-    assert gang_workers(mixed, Gang.of(1, Resources(gpu=1, accelerators={"H100"}))) == (1, "H100")
+    assert isinstance(workers_for(mixed, GANG2), str)  # one of each model: not one model for both
+    assert workers_for(mixed, Gang.of(1, Resources(gpu=1, accelerators={"H100"}))) == (1, "H100", ("h100",))
 
 
 def test_gang_headroom_needs_room_for_every_bundle_at_once():
-    [ok] = gang_headroom(GANG2, {"c1": AUTO_A100}, {"c1": snap("c1", 0)})
+    [ok] = headroom(GANG2, {"c1": AUTO_A100}, {"c1": snap("c1", 0)})
     assert ok.fits and ok.accelerator == "A100" and "add 2 workers" in ok.reason
-    [short] = gang_headroom(GANG2, {"c1": AUTO_A100}, {"c1": snap("c1", 1)})
+    [short] = headroom(GANG2, {"c1": AUTO_A100}, {"c1": snap("c1", 1)})
     assert not short.fits and "needs 2 more workers, has room for 1" in short.reason
 
 
 def test_gang_creations_price_every_bundle_and_respect_the_caps():
-    options = gang_creations(GANG2, [state(AUTO_A100, CHEAP_A100, STATIC_CPU)])
+    options = creations(GANG2, [state(AUTO_A100, CHEAP_A100, STATIC_CPU)])
     assert [(o.template, o.fits, o.workers) for o in options][:2] == [("cheap-a100", True, 2), ("a100", True, 2)]
     assert options[0].price == pytest.approx(4.0)
-    capped = gang_creations(GANG2, [state(AUTO_A100, clusters=3)])
+    capped = creations(GANG2, [state(AUTO_A100, clusters=3)])
     assert not capped[0].fits and "cap of 3 clusters" in capped[0].reason
 
 
