@@ -499,8 +499,11 @@ class LocalFleet:
 
     # ----- down ---------------------------------------------------------------------------------------------------
 
-    def down(self) -> list[str]:
+    def down(self, timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
         """Stop this fleet's clusters (those started here, or those named in its state file). Returns their names.
+
+        ``timeout_s``: how long the SIGTERMed processes get to exit before the SIGKILL (a cluster whose head or raylet
+        was killed has nothing left to shut down cleanly: a short one does).
 
         Worker nodes go first (fixed workers, and the autoscaler with the nodes it added), then the heads, then
         SIGKILL to whatever of theirs is left. Which processes are theirs is decided before any signal, from the
@@ -526,7 +529,7 @@ class LocalFleet:
         ]
         fake_nodes = _family(table, autoscalers, []).keys() - set(autoscalers)
 
-        deadline = time.monotonic() + STOP_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         self._terminate([*workers, *autoscalers, *fake_nodes], deadline, family)
         self._terminate(heads, deadline, family)
         for group in groups:
@@ -640,7 +643,7 @@ def _environment() -> dict[str, str]:
     env.update(
         # jobs run `python` from PATH: make it this interpreter, which has rayfleet (nested dispatch) and Ray
         PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # bind 127.0.0.1 only (FACTS.md)
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # bind 127.0.0.1 only
         AUTOSCALER_UPDATE_INTERVAL_S="1",  # capacity reports (and autoscaler decisions) every second instead of five
         RAY_USAGE_STATS_ENABLED="0",
         # Ray 2.60 turns token auth on for `ray start` whenever ~/.ray/auth_token exists, and any `ray.init()` without

@@ -37,7 +37,10 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningC
     """A cluster of this test alone (the test kills parts of it), stopped by its pids afterwards."""
     fleet = LocalFleet([SPEC], name=f"fate-{os.getpid()}-{request.node.name[:40]}", directory=tmp_path / "fleet")
     with fleet:
-        yield fleet.running[0]
+        try:
+            yield fleet.running[0]
+        finally:  # the test killed its raylet or head: what is left needs no clean shutdown
+            fleet.down(timeout_s=2.0)
 
 
 def start_command(
