@@ -151,7 +151,7 @@ class Stages:
 def direct_clients(fleet: Fleet) -> dict[str, Any]:
     from ray.job_submission import JobSubmissionClient
 
-    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):  # would redirect the client (FACTS.md)
+    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):  # would redirect the client
         os.environ.pop(key, None)
     return {c.name: JobSubmissionClient(c.address) for c in fleet.clusters}
 

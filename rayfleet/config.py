@@ -338,7 +338,8 @@ class FleetConfig(BaseModel):
         ledger: the ledger's SQLite path (default: the user's data directory).
         probe_ttl_s: how long a capacity reading is reused.
         probe_timeout_s: the bound on one capacity probe.
-        hold_ttl_s: the longest an optimistic hold (placed, not yet seen by a probe) is kept.
+        hold_ttl_s: the slack beyond an attempt's start timeout during which what it holds (placed, not yet seen by a
+            probe) still counts; renewed each time the attempt is seen submitted and starting.
         start_timeout_s: how long a job placed on free capacity may take to reserve its resources and start before
             it is withdrawn and placed elsewhere (placements on autoscaler headroom or a new cluster add the
             template's ``scale_up_s``).

@@ -57,6 +57,11 @@ Exit codes and log markers a dispatcher can rely on (a marker is a whole line of
   started and may or may not have finished; its watcher stops whatever of it is left (a line
   ``rayfleet: watcher: ...``, when the log still gets it).
 
+The launcher's report to the dispatcher (version ``REPORT_VERSION``), read through Ray's state API without fetching
+logs: the placement group is named ``rayfleet:<submission id>`` (created: the reservation is held; its bundles name
+the nodes), and the task that runs the command is named ``rayfleet:<submission id>:command`` (it exists once the
+reservation is held and, for a group member, the group said go: the command starts).
+
 A job can be a member of a group (``"group"`` in the spec, see docs/groups.md): then no member runs its command until
 every member has reserved. Between "placement group ready" and "run the command" the launcher writes
 ``reserved-<member>`` into the group's rendezvous directory and waits for the group's one ``decision`` (``go`` or
@@ -111,6 +116,20 @@ GROUP_RESERVED_MARKER = "rayfleet: group member reserved"  # this member holds i
 GROUP_GO_MARKER = "rayfleet: group go"  # every member reserved: the command is about to start
 GROUP_ABORTED_MARKER = "rayfleet: group aborted"  # exit 75: the group withdrew, the command never ran
 ORPHANED_MARKER = "rayfleet: orphaned"  # the process that started the launcher (Ray's job supervisor) is gone
+
+REPORT_VERSION = 1  # the names below; the dispatcher writes it into the job's metadata under REPORT_KEY
+REPORT_KEY = "rayfleet.report"
+
+
+def placement_group_name(submission_id: str) -> str:
+    """The name of the placement group that holds an attempt's reservation."""
+    return f"rayfleet:{submission_id}"
+
+
+def command_task_name(submission_id: str) -> str:
+    """The name of the Ray task that runs an attempt's command (it is created when the command starts)."""
+    return f"rayfleet:{submission_id}:command"
+
 
 PACKAGE = "rayfleet_launcher"  # the name of the package wrap() ships with a job
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
@@ -327,7 +346,7 @@ def reserve_and_run(command: str, spec: Mapping[str, Any]) -> int:
 
     bundles, strategy, timeout_s, driver = spec["bundles"], spec["strategy"], spec["timeout_s"], spec["driver_bundle"]
     submission = _submission_id()
-    name = f"rayfleet:{submission}" if submission else ""
+    name = placement_group_name(submission) if submission else ""
     started = time.monotonic()
     if _stopped_before_start(submission):
         _say(f"{STOPPED_MARKER} before it started: nothing was reserved and the command did not run")
@@ -368,7 +387,7 @@ def reserve_and_run(command: str, spec: Mapping[str, Any]) -> int:
             num_returns="streaming",
             max_retries=0,  # never run the user's command twice
             retry_exceptions=False,
-            name="rayfleet-command",
+            name=command_task_name(submission) if submission else "rayfleet-command",
             **task_options(bundles[driver]),
         )
         generator = task.remote(command, env, watcher.identify(os.getpid()).encode())
@@ -810,7 +829,7 @@ _JOB_INFO_KEY, _JOB_INFO_NAMESPACE = "_ray_internal_job_info_{}", "job"
 
 def _stopped_before_start(submission: str | None) -> bool:
     """Whether Ray already records this job STOPPED. ``stop_job`` on a job that is still PENDING (its runtime env
-    being set up) marks it STOPPED and sends no signal: the supervisor starts this driver anyway (FACTS.md). The
+    being set up) marks it STOPPED and sends no signal: the supervisor starts this driver anyway. The
     launcher checks before it reserves and before the command starts, so a job stopped early never runs."""
     if not submission:
         return False

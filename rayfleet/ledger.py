@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,9 @@ from typing import Any
 from rayfleet.errors import JobNotFoundError, LedgerError
 from rayfleet.resources import Resources
 from rayfleet.states import TERMINAL, JobState, can_move
+
+# the states in which an attempt may hold resources its cluster's probes do not show yet
+HOLDING_STATES = (JobState.PLACED, JobState.SUBMITTED, JobState.STARTING, JobState.RUNNING)
 
 LEDGER_ENV = "RAYFLEET_LEDGER"
 
@@ -97,6 +100,20 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE transitions ADD COLUMN cluster TEXT;
     ALTER TABLE managed_clusters ADD COLUMN asked_at REAL;
     """,
+    # 5: holds follow the attempt: what an attempt holds until a probe shows it (its bundles, the node each was
+    # placed on and that node's usage then), the latest time it may still be reserving, and its reservation once
+    # its launcher reported it (when, and the node of each bundle)
+    """
+    ALTER TABLE attempts ADD COLUMN bundles TEXT;
+    ALTER TABLE attempts ADD COLUMN hold_window_s REAL;
+    ALTER TABLE attempts ADD COLUMN hold_until REAL;
+    CREATE INDEX attempts_by_hold ON attempts (hold_until);
+    CREATE TABLE reservations (
+        submission_id TEXT PRIMARY KEY REFERENCES attempts(submission_id),
+        reserved_at   REAL NOT NULL,
+        nodes         TEXT NOT NULL       -- JSON: the node of each bundle, in bundle order
+    );
+    """,
 )
 
 
@@ -124,6 +141,33 @@ class AttemptRecord:
     detail: str | None = None
     session: str | None = None  # the cluster's Ray session when it was submitted
     seq: int = 0  # the ledger's sequence number of its latest transition
+    reserved_at: float | None = None  # when its launcher was seen holding its reservation (wall clock)
+
+
+@dataclass(frozen=True)
+class HeldAttempt:
+    """An attempt that may hold resources its cluster's probes do not show yet (`Ledger.holding`).
+
+    Attributes:
+        submission_id: the attempt.
+        cluster: where it was placed.
+        bundles: what it holds: ``{"node": id or None, "resources": {...}, "baseline": {...}}`` per bundle.
+        hold_until: the latest time (ledger clock) it may still be reserving: its ``hold_window_s`` (the start
+            timeout and the slack ``hold_ttl_s``) after it was placed, renewed when it is seen submitted and starting.
+        state: its state now.
+        state_at: when it entered that state (ledger clock).
+        reserved_at: when its reservation was seen (wall clock), if it was.
+        reserved_nodes: the node of each bundle once reserved.
+    """
+
+    submission_id: str
+    cluster: str
+    bundles: tuple[Mapping[str, Any], ...]
+    hold_until: float
+    state: JobState
+    state_at: float
+    reserved_at: float | None = None
+    reserved_nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -415,8 +459,8 @@ class Ledger:
     @staticmethod
     def _insert_attempt(tx: sqlite3.Connection, job_id: str, attempt: Mapping[str, Any], now: float) -> None:
         tx.execute(
-            "INSERT INTO attempts (submission_id, job_id, n, cluster, node_id, accelerator, created_at, session) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO attempts (submission_id, job_id, n, cluster, node_id, accelerator, created_at, session, "
+            "bundles, hold_window_s, hold_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 attempt["submission_id"],
                 job_id,
@@ -426,6 +470,9 @@ class Ledger:
                 attempt.get("accelerator"),
                 now,
                 attempt.get("session"),
+                _dump(attempt.get("bundles")),
+                (window := attempt.get("hold_window_s")),
+                None if window is None else now + window,
             ),
         )
         _transition(tx, job_id, attempt["submission_id"], JobState.PLACED, now, attempt.get("detail"))
@@ -454,7 +501,14 @@ class Ledger:
             job_id, old = row[0], JobState(row[1]) if row[1] else None
             if old == state or not can_move(old, state):
                 return False
-            _transition(tx, job_id, submission_id, state, self.clock(), detail)
+            now = self.clock()
+            _transition(tx, job_id, submission_id, state, now, detail)
+            if state in (JobState.SUBMITTED, JobState.STARTING):  # each step of the start renews the hold's bound
+                tx.execute(
+                    "UPDATE attempts SET hold_until = MAX(hold_until, ? + hold_window_s) "
+                    "WHERE submission_id = ? AND hold_window_s IS NOT NULL",
+                    (now, submission_id),
+                )
             return True
 
     def record_job(self, job_id: str, state: JobState, detail: str | None = None) -> bool:
@@ -545,6 +599,41 @@ class Ledger:
             row = self._conn.execute("SELECT logs FROM saved_logs WHERE submission_id = ?", (submission_id,)).fetchone()
         return row[0] if row else None
 
+    def record_reservation(self, submission_id: str, nodes: Sequence[str], at: float) -> bool:
+        """Record that an attempt's launcher holds its reservation (first report only). Returns whether it was new."""
+        with self._tx() as tx:
+            cursor = tx.execute(
+                "INSERT OR IGNORE INTO reservations VALUES (?, ?, ?)", (submission_id, at, json.dumps(list(nodes)))
+            )
+            return cursor.rowcount > 0
+
+    def holding(self, now: float) -> list[HeldAttempt]:
+        """Attempts that may still hold resources the probes do not show: placed, not ended, not past their
+        ``hold_until``. Indexed by ``hold_until``, so the cost does not grow with the ledger's history."""
+        active = ", ".join(repr(s.value) for s in HOLDING_STATES)
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT a.submission_id, a.cluster, a.bundles, a.hold_until, t.state, t.at, r.reserved_at, r.nodes "
+                "FROM attempts a JOIN transitions t ON t.seq = "
+                "(SELECT MAX(seq) FROM transitions WHERE submission_id = a.submission_id) "
+                "LEFT JOIN reservations r ON r.submission_id = a.submission_id "
+                f"WHERE a.hold_until > ? AND t.state IN ({active})",
+                (now,),
+            ).fetchall()
+        return [
+            HeldAttempt(
+                sid,
+                cluster,
+                tuple(json.loads(bundles or "[]")),
+                until,
+                JobState(state),
+                at,
+                reserved,
+                tuple(json.loads(nodes)) if nodes else (),
+            )
+            for sid, cluster, bundles, until, state, at, reserved, nodes in rows
+        ]
+
     def active_attempts(self, cluster: str) -> list[AttemptRecord]:
         """Attempts on ``cluster`` whose state is not terminal."""
         return [
@@ -628,8 +717,9 @@ class Ledger:
                 marks = ",".join("?" * len(ids))
                 for row in self._conn.execute(
                     "SELECT a.submission_id, a.job_id, a.n, a.cluster, a.node_id, a.accelerator, a.created_at, "
-                    "t.state, t.at, t.detail, a.session, t.seq FROM attempts a JOIN transitions t ON t.seq = "
-                    "(SELECT MAX(seq) FROM transitions WHERE submission_id = a.submission_id) "
+                    "t.state, t.at, t.detail, a.session, t.seq, r.reserved_at FROM attempts a JOIN transitions t "
+                    "ON t.seq = (SELECT MAX(seq) FROM transitions WHERE submission_id = a.submission_id) "
+                    "LEFT JOIN reservations r ON r.submission_id = a.submission_id "
                     f"WHERE a.job_id IN ({marks}) ORDER BY a.n",
                     ids,
                 ):

@@ -5,6 +5,7 @@ the next step out. The dispatcher observes, calls these, and acts; tests call th
 - `retry_after_loss`: a lost attempt -> another attempt, or the job fails.
 - `creation_step`: one look at a cluster being created -> ask for it, wait, fail it, or join it.
 - `queue_expired`: a queued job's deadline.
+- `hold_counts`: whether what an attempt holds still counts against its cluster's free capacity.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class Observation:
         message: Ray's message, or the error that made the cluster unreachable.
         session: the cluster's Ray session now, if known (a new one proves the job lost).
         last_ok: when the cluster last answered a job call from this process (0: never).
+        started: while Ray runs the job, whether its launcher reported that the user's command started (None: no
+            report was read: a job without a launcher, or one whose report could not be read; Ray's state counts).
     """
 
     seen: Seen
@@ -60,6 +63,7 @@ class Observation:
     message: str | None = None
     session: str | None = None
     last_ok: float = 0.0
+    started: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,9 @@ def follow(attempt: AttemptView, look: Observation, now: float, rules: Rules, *,
         record = JobState.UNKNOWN if attempt.state is not JobState.UNKNOWN else None
         return Step(record, detail, again=at_least_once, replacing_unknown=at_least_once)
     state = JobState.from_ray(str(look.status))
-    if state == attempt.state:
+    if state is JobState.RUNNING and look.started is False:
+        state = JobState.STARTING  # Ray runs the launcher; the command has not started
+    if state == attempt.state or (state is JobState.STARTING and attempt.state is JobState.RUNNING):
         return WAIT
     if state is JobState.FAILED and not_reserved(look.message):
         detail = f"not reserved within the start timeout: {look.message}"
@@ -137,6 +143,37 @@ def not_reserved(message: str | None) -> bool:
 def retry_after_loss(lost: int, max_retries: int) -> bool:
     """Whether a job whose attempts were lost ``lost`` times gets another attempt (else it FAILS)."""
     return lost <= max_retries
+
+
+def hold_counts(state: JobState, *, reserves: bool, reflected: bool, reserved_at: float | None, state_at: float,
+                report_time: float | None) -> bool:  # fmt: skip
+    """Whether an attempt's hold still counts against its cluster's free capacity in a reading computed at
+    ``report_time`` (the cluster's own clock). A hold follows the attempt, not a timer: it counts until a reading
+    shows the reservation, or the attempt ends or passes its start timeout (the ledger leaves such attempts out).
+
+    Args:
+        state: the attempt's state.
+        reserves: it reserves something (a job that asks for nothing holds nothing: its hold only marks a recent
+            placement, until Ray runs it).
+        reflected: this reading shows the node's usage grown by the held amount, or the request waiting as demand.
+        reserved_at: when its launcher was seen holding the reservation, if it was.
+        state_at: when it entered ``state`` (for RUNNING without a report: the command runs, so it was reserved).
+        report_time: when the reading was computed (None: unknown, the hold counts).
+
+    Example:
+        >>> hold_counts(JobState.STARTING, reserves=True, reflected=False, reserved_at=None, state_at=10.0,
+        ...             report_time=99.0)
+        True
+        >>> hold_counts(JobState.STARTING, reserves=True, reflected=False, reserved_at=50.0, state_at=10.0,
+        ...             report_time=51.0)
+        False
+    """
+    if not reserves:
+        return state in (JobState.PLACED, JobState.SUBMITTED)
+    if reflected:
+        return False
+    seen = reserved_at if reserved_at is not None else (state_at if state is JobState.RUNNING else None)
+    return seen is None or report_time is None or report_time <= seen
 
 
 def queue_expired(deadline: float | None, now: float) -> bool:

@@ -91,6 +91,7 @@ class StageState(str, Enum):
             JobState.PROVISIONING: cls.PLACING,
             JobState.PLACED: cls.PLACING,
             JobState.SUBMITTED: cls.SUBMITTED,
+            JobState.STARTING: cls.SUBMITTED,  # its launcher reserves; the stage's command has not started
             JobState.RUNNING: cls.RUNNING,
             JobState.UNKNOWN: cls.RUNNING,
             JobState.SUCCEEDED: cls.SUCCEEDED,

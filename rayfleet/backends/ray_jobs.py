@@ -10,6 +10,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import requests
 from tenacity import Retrying
@@ -23,6 +24,8 @@ from rayfleet.errors import (
     DuplicateSubmissionError,
     JobNotFoundError,
 )
+from rayfleet.launch import command_task_name, placement_group_name
+from rayfleet.report import LauncherReport, parse_report
 
 FENCE_KEY = "rayfleet.fence"  # metadata of a no-op job that takes a submission id so that no one else can run it
 FENCE_ENTRYPOINT = "true"
@@ -30,7 +33,7 @@ FENCE_ENTRYPOINT = "true"
 T = TypeVar("T")
 
 # Inside a Ray job, Ray sets RAY_ADDRESS to its own cluster, and JobSubmissionClient(url) then silently talks to
-# that cluster instead of `url` (FACTS.md). The client reads these only when it is built.
+# that cluster instead of `url`. The client reads these only when it is built.
 _REDIRECTING_ENV = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
 # os.environ is one per process, and so is its guard: one thread at a time takes those variables out and puts them
 # back (`without_redirecting_env`), so that no thread restores what another has just removed.
@@ -184,6 +187,25 @@ class RayJobs:
 
     def stop(self, submission_id: str) -> bool:
         return bool(self._call(lambda: self.client.stop_job(submission_id), policy=retry.READ, job=submission_id))
+
+    def report(self, submission_id: str) -> LauncherReport:
+        """What the attempt's launcher reports: its reservation (and the node of each bundle) and whether the
+        user's command started (two reads of Ray's state API; see `rayfleet.report`)."""
+
+        def once() -> LauncherReport:
+            groups = self._state("placement_groups", placement_group_name(submission_id), detail=True)
+            tasks = self._state("tasks", command_task_name(submission_id))
+            return parse_report(groups, tasks)
+
+        return self._call(once, policy=retry.READ, job=submission_id)
+
+    def _state(self, kind: str, name: str, *, detail: bool = False) -> list[dict[str, Any]]:
+        """The rows of the state API's list of ``kind`` (placement_groups, tasks) named ``name``."""
+        query = {"filter_keys": "name", "filter_predicates": "=", "filter_values": name, "limit": 10}
+        response = self.client._do_request("GET", f"/api/v0/{kind}?{urlencode({**query, 'detail': int(detail)})}")
+        if response.status_code != 200:
+            raise RuntimeError(f"state API: status code {response.status_code}: {response.text[:200]}")
+        return list(response.json()["data"]["result"]["result"])
 
     def list(self) -> list[Any]:
         return list(self._call(lambda: self.client.list_jobs(), policy=retry.READ))

@@ -33,7 +33,6 @@ from rayfleet.dispatch.submission import (
 )
 from rayfleet.errors import InvalidRequestError, ProvisioningError, RayfleetError, UnknownClusterError
 from rayfleet.ledger import Ledger, ManagedClusterRecord
-from rayfleet.placement import Hold
 from rayfleet.placement.fragmentation import RequestMix
 from rayfleet.provisioning.base import ManagedCluster, Provisioner
 from rayfleet.resources import Gang, Resources
@@ -61,8 +60,7 @@ class Dispatcher(Placing, Queue, Creations, Following):
     ) -> None:
         self.config = config
         self.ledger = ledger
-        # every timing rule reads this clock (the ledger's by default): tests move it instead of sleeping. Holds
-        # alone use the wall clock: they are compared with the times in the clusters' own reports
+        # every timing rule reads this clock (the ledger's by default): tests move it instead of sleeping
         self._clock = clock or ledger.clock
         self._provisioners: dict[str, Provisioner] = {p.name: p for p in provisioners}
         self._clusters: dict[str, Cluster] = {c.name: c for c in config.clusters}
@@ -78,7 +76,6 @@ class Dispatcher(Placing, Queue, Creations, Following):
         self._since_mix = 0  # submissions since policy="fragmentation" last learned the typical request mix
         self._mix: RequestMix | None = None  # this fleet's own: another Fleet in the process has its own
         self._learn_mix()
-        self._holds: list[Hold] = []
         self._lock = threading.Lock()
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._last_ok: dict[str, float] = {}  # when each cluster last answered a job call

@@ -12,6 +12,7 @@ from rayfleet.dispatch.submission import Submission
 from rayfleet.errors import ClusterError, ClusterUnreachableError, JobNotFoundError, RayfleetError, UnknownClusterError
 from rayfleet.ledger import AttemptRecord, JobRecord
 from rayfleet.lifecycle import WAIT, AttemptView, Observation, Rules, Seen, Step, follow, loss_reason, retry_after_loss
+from rayfleet.report import speaks_report
 from rayfleet.states import JobState
 
 log = logging.getLogger("rayfleet.dispatch")
@@ -60,7 +61,22 @@ class Following:
             self.snapshots([cluster], max_age=0)  # the prober's verdict from now on: the next turns do not ask again
             return Observation(Seen.UNREACHABLE, message=e.message, last_ok=last_ok)
         self._last_ok[cluster] = self._clock()
-        return Observation(Seen.STATUS, status=str(info.status), message=getattr(info, "message", None))
+        status, started = str(info.status), None
+        if status == "RUNNING" and attempt.state is not JobState.RUNNING and speaks_report(info.metadata):
+            started = self._read_report(attempt)
+        return Observation(Seen.STATUS, status=status, message=getattr(info, "message", None), started=started)
+
+    def _read_report(self, attempt: AttemptRecord) -> bool | None:
+        """Read the launcher's report of a job Ray runs; record its reservation the first time it is held. Returns
+        whether the command started (None: the report could not be read, and Ray's state stands)."""
+        try:
+            report = self._backends[attempt.cluster].report(attempt.submission_id)
+        except (ClusterError, JobNotFoundError) as e:
+            log.debug("job %s: no launcher report from %s: %s", attempt.job_id, attempt.cluster, e)
+            return None
+        if report.reserved and attempt.reserved_at is None:
+            self.ledger.record_reservation(attempt.submission_id, report.nodes, time.time())  # compared with reports
+        return report.started
 
     def _act(self, job: JobRecord, attempt: AttemptRecord, step: Step) -> JobRecord:
         """Carry out `follow`'s step: fence, record, then place again (or fail the job) as it says."""

@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -15,7 +14,6 @@ from rayfleet import faults, launch
 from rayfleet.capacity import ClusterSnapshot
 from rayfleet.config import FLEET_ENV
 from rayfleet.dispatch.submission import (
-    HOLD_REFLECT_S,
     JOB_ID_ENV,
     METADATA_PREFIX,
     MIX_EVERY,
@@ -26,6 +24,7 @@ from rayfleet.dispatch.submission import (
 )
 from rayfleet.errors import AttemptFencedError, ClusterError, ClusterUnreachableError, JobNotFoundError, NoCapacityError
 from rayfleet.ledger import AttemptConflict, AttemptRecord, JobRecord
+from rayfleet.lifecycle import hold_counts
 from rayfleet.placement import Decision, Hold, place
 from rayfleet.placement.fragmentation import learn_mix
 from rayfleet.states import JobState
@@ -59,19 +58,30 @@ class Placing:
         return snapshot.pin(node_id)
 
     def _live_holds(self, snapshots: Mapping[str, ClusterSnapshot]) -> list[Hold]:
-        now = time.time()
-        with self._lock:
-            kept = []
-            for hold in self._holds:
-                snap = snapshots.get(hold.cluster)
-                reported_at = (snap.report_time or snap.taken_at) if snap is not None and snap.healthy else 0.0
-                seen = reported_at > hold.placed_at and (
-                    reported_at > hold.placed_at + HOLD_REFLECT_S or hold.reflected_in(snap)  # type: ignore[arg-type]
+        """What attempts placed on these clusters hold that the readings do not show yet, from the ledger: the
+        attempts of every process that shares it count, and each counts until its reservation shows
+        (`lifecycle.hold_counts`)."""
+        holds = []
+        for held in self.ledger.holding(self._clock()):
+            snap = snapshots.get(held.cluster)
+            if snap is None or not snap.healthy:
+                continue
+            report_time = snap.report_time or snap.taken_at
+            for i, bundle in enumerate(held.bundles):
+                node = held.reserved_nodes[i] if i < len(held.reserved_nodes) else bundle.get("node")
+                hold = Hold(held.cluster, node or None, bundle.get("resources") or {}, held.state_at,
+                            bundle.get("baseline") or {})  # fmt: skip
+                counts = hold_counts(
+                    held.state,
+                    reserves=bool(hold.resources),
+                    reflected=bool(hold.resources) and hold.reflected_in(snap),
+                    reserved_at=held.reserved_at,
+                    state_at=held.state_at,
+                    report_time=report_time,
                 )
-                if not seen and now - hold.placed_at < self.config.hold_ttl_s:
-                    kept.append(hold)
-            self._holds = kept
-            return list(kept)
+                if counts:
+                    holds.append(hold)
+        return holds
 
     def _no_capacity(self, sub: Submission, decision: Decision, history: list[tuple[str, str]]) -> Exception:
         snaps = {o.cluster: self.prober.cached(o.cluster) for o in decision.options}
@@ -214,20 +224,6 @@ class Placing:
             AttemptConflict: another process placed this job's next attempt first (nothing was sent).
         """
         submission_id = f"{job_id}-{n}"
-        attempt = {
-            "submission_id": submission_id,
-            "n": n,
-            "cluster": target.cluster,
-            "node_id": target.node_id,
-            "accelerator": target.accelerator,
-            "detail": target.detail,
-            "session": snapshot.session_name if snapshot is not None and snapshot.healthy else None,
-        }
-        if new_job:
-            self._add_job(job_id, sub, attempt=attempt)
-        else:
-            self.ledger.add_attempt(job_id, attempt, replacing_unknown=replacing_unknown)
-        faults.point("attempt.recorded")
         entrypoint, runtime_env = sub.entrypoint, self._runtime_env(sub, job_id)
         kwargs: dict[str, Any] = {}
         if sub.gang is not None:  # zero entrypoint resources: the launcher reserves the gang, then runs the command
@@ -244,10 +240,29 @@ class Placing:
             extra = {"group": sub.group} if sub.group is not None else {}
             entrypoint, additions = launch.wrap(sub.entrypoint, bundles, strategy, timeout, **extra)
             runtime_env = launch.merge_runtime_env(runtime_env, additions)
-        if held and snapshot is not None and snapshot.healthy:
-            with self._lock:
-                now = time.time()
-                self._holds.extend(Hold.on(snapshot, node, resources, now) for node, resources in held)
+        healthy = snapshot is not None and snapshot.healthy
+        attempt = {
+            "submission_id": submission_id,
+            "n": n,
+            "cluster": target.cluster,
+            "node_id": target.node_id,
+            "accelerator": target.accelerator,
+            "detail": target.detail,
+            "session": snapshot.session_name if healthy else None,  # type: ignore[union-attr]
+            # what it holds until a reading shows it: the ledger keeps it, so every process sharing it counts it
+            "bundles": [
+                {"node": node, "resources": dict(res), "baseline": Hold.on(snapshot, node, res, 0.0).baseline}
+                for node, res in held
+            ]
+            if healthy
+            else None,
+            "hold_window_s": sub.start_timeout_s + target.scale_up_s + self.config.hold_ttl_s,
+        }
+        if new_job:
+            self._add_job(job_id, sub, attempt=attempt)
+        else:
+            self.ledger.add_attempt(job_id, attempt, replacing_unknown=replacing_unknown)
+        faults.point("attempt.recorded")
         try:
             with self._slot(target.cluster):
                 self._backends[target.cluster].submit(
@@ -258,11 +273,9 @@ class Placing:
                     entrypoint_kwargs=kwargs,
                 )
         except AttemptFencedError as e:  # paused past the grace: another loop took the id and placed the job again
-            self._drop_hold(target.cluster)
             log.warning("job %s: %s", job_id, e.message)
             raise AttemptConflict(e.message) from None
         except ClusterUnreachableError as e:
-            self._drop_hold(target.cluster)
             if not self._provably_absent(target.cluster, submission_id):
                 self.ledger.record(submission_id, JobState.UNKNOWN, e.message)
                 raise
@@ -271,7 +284,6 @@ class Placing:
             history.append((target.cluster, e.message))
             return False
         except ClusterError as e:
-            self._drop_hold(target.cluster)
             self.ledger.record(submission_id, JobState.FAILED, f"refused: {e.message}")
             raise
         faults.point("attempt.submitted")
@@ -316,14 +328,6 @@ class Placing:
         with slots:
             yield
 
-    def _drop_hold(self, cluster: str) -> None:
-        """Forget the holds of the submission that just failed on ``cluster`` (those placed at the latest time)."""
-        with self._lock:
-            mine = [h for h in self._holds if h.cluster == cluster]
-            if mine:
-                latest = max(h.placed_at for h in mine)
-                self._holds = [h for h in self._holds if not (h.cluster == cluster and h.placed_at == latest)]
-
     def _provably_absent(self, cluster: str, submission_id: str) -> bool:
         """After a failed submit: True only if the cluster answers that it has no such job."""
         try:
@@ -354,4 +358,6 @@ class Placing:
         meta[f"{METADATA_PREFIX}resources"] = json.dumps(sub.resources.model_dump(mode="json"), sort_keys=True)
         if sub.parent_id:
             meta[f"{METADATA_PREFIX}parent_id"] = sub.parent_id
+        if sub.launched:  # its launcher reports through this channel version (`rayfleet.report`)
+            meta[launch.REPORT_KEY] = str(launch.REPORT_VERSION)
         return meta

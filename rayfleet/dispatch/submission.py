@@ -24,9 +24,6 @@ log = logging.getLogger(__name__)
 
 JOB_ID_ENV = "RAYFLEET_JOB_ID"  # set in every job's environment: a nested submission records it as its parent
 METADATA_PREFIX = "rayfleet."
-# A hold is dropped once the cluster's own report was computed this long after the placement: by then the job's
-# supervisor holds its resources (or waits as pending demand), so the report shows it.
-HOLD_REFLECT_S = 3.0
 # A job's launcher waits this long for its reservation before it gives up (exit code 75) and the dispatcher places the
 # job again elsewhere: with free capacity counted at placement, a reservation that takes longer is stuck. Placements
 # that count on a worker being added (autoscaler headroom, a new cluster) add the template's scale_up_s.

@@ -50,8 +50,14 @@ def ray_job(address: str, submission_id: str) -> dict | None:
 
 
 def wait_idle(fleet: Fleet, timeout: float = 60.0) -> None:
-    """Until every cluster reports all its CPUs free (a stopped job's resources are released a little later)."""
+    """Until every cluster reports all its CPUs free (a stopped job's resources are released a little later), and
+    the ledger knows it: the jobs it still has active are looked at once more, so that what an earlier test left
+    unfollowed no longer holds capacity (holds come from the shared ledger)."""
     poll(
         lambda: all(s.healthy and s.sum("CPU", "free") == s.sum("CPU") for s in fleet.snapshots(max_age=0).values()),
         timeout=timeout,
     )
+    names = {c.name for c in fleet.clusters}
+    for job in fleet.ledger.active():
+        if job.last_attempt is not None and job.last_attempt.cluster in names:
+            fleet.job(job.id).status()

@@ -97,6 +97,18 @@ def test_no_member_runs_before_every_member_has_reserved(
         # member 0 holds its reservation and waits: member 1 cannot reserve while the GPUs are taken
         poll(lambda: 0 in group.reservations(), timeout=60)
         assert group.decision() is None and 1 not in group.reservations()
+        # Ray runs both launchers, no command has started: both are STARTING (not Ray's RUNNING), and member 0's
+        # launcher reported its reservation (the node its bundle is on)
+        first, second = group.members
+        poll(lambda: first.status() is JobState.STARTING and second.status() is JobState.STARTING, timeout=60)
+        reserved = first.attempts[-1]
+        assert reserved.reserved_at is not None and second.attempts[-1].reserved_at is None
+        node_ids = fleet.snapshots(max_age=0)["cpu"].node_ids
+        (nodes,) = [
+            h.reserved_nodes for h in fleet.ledger.holding(time.time()) if h.submission_id == reserved.submission_id
+        ]
+        assert list(nodes) == [node_ids[0]] and len(node_ids) == 1
+        assert group.decision() is None
         released_at = time.time()
         release.touch()  # the GPUs come free: member 1 reserves, and the group goes
 

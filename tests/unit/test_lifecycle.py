@@ -14,6 +14,7 @@ from rayfleet.lifecycle import (
     Step,
     creation_step,
     follow,
+    hold_counts,
     loss_reason,
     not_reserved,
     queue_expired,
@@ -76,9 +77,26 @@ NOT_RESERVED = "Job entrypoint command failed with exit code 75"
         (S.PLACED, look(STATUS, "RUNNING"), T0 + 1, Step(S.RUNNING)),
         (S.UNKNOWN, look(STATUS, "RUNNING"), T0 + 100, Step(S.RUNNING)),
         (S.RUNNING, look(STATUS, "STOPPED"), T0 + 1, Step(S.STOPPED)),
+        # Ray runs the launcher; until it reports the command started, the attempt is STARTING
+        (S.SUBMITTED, look(STATUS, "RUNNING", started=False), T0 + 1, Step(S.STARTING)),
+        (S.PLACED, look(STATUS, "RUNNING", started=False), T0 + 1, Step(S.STARTING)),
+        (S.STARTING, look(STATUS, "RUNNING", started=False), T0 + 1, WAIT),
+        (S.STARTING, look(STATUS, "RUNNING", started=True), T0 + 1, Step(S.RUNNING)),
+        (S.SUBMITTED, look(STATUS, "RUNNING", started=True), T0 + 1, Step(S.RUNNING)),
+        (S.RUNNING, look(STATUS, "RUNNING", started=False), T0 + 1, WAIT),  # a started command never goes back
+        (S.STARTING, look(STATUS, "SUCCEEDED", "done"), T0 + 1, Step(S.SUCCEEDED, "done")),
+        (S.UNKNOWN, look(STATUS, "RUNNING", started=False), T0 + 100, Step(S.STARTING)),
+        # no report could be read (or the job has no launcher): Ray's RUNNING stands
+        (S.SUBMITTED, look(STATUS, "RUNNING", started=None), T0 + 1, Step(S.RUNNING)),
         # the launcher could not reserve within the start timeout: the command never ran, so place it again
         (
             S.RUNNING,
+            look(STATUS, "FAILED", NOT_RESERVED),
+            T0 + 1,
+            Step(S.FAILED, f"not reserved within the start timeout: {NOT_RESERVED}", again=True, exclude_tried=True),
+        ),
+        (
+            S.STARTING,
             look(STATUS, "FAILED", NOT_RESERVED),
             T0 + 1,
             Step(S.FAILED, f"not reserved within the start timeout: {NOT_RESERVED}", again=True, exclude_tried=True),
@@ -155,3 +173,33 @@ def test_creation_step(ready, exists, asked_at, now, step):
         )
         is step
     )
+
+
+@pytest.mark.parametrize(
+    ("state", "reserves", "reflected", "reserved_at", "report_time", "counts"),
+    [
+        # not yet reserved: the hold counts however long the launcher takes (the ledger bounds it by the start
+        # timeout), however many readings came since the placement
+        (S.PLACED, True, False, None, T0 + 1, True),
+        (S.SUBMITTED, True, False, None, T0 + 60, True),
+        (S.STARTING, True, False, None, T0 + 600, True),
+        # a reading shows it: the node's usage grew by the held amount, or the request waits as demand
+        (S.STARTING, True, True, None, T0 + 1, False),
+        # reserved: the first reading computed after the reservation was seen shows it
+        (S.STARTING, True, False, T0 + 10, T0 + 10, True),
+        (S.STARTING, True, False, T0 + 10, T0 + 10.5, False),
+        # RUNNING without a recorded reservation (no report was read): the command runs, so it was reserved then
+        (S.RUNNING, True, False, None, T0 - 1, True),  # state_at is T0
+        (S.RUNNING, True, False, None, T0 + 1, False),
+        (S.STARTING, True, False, None, None, True),  # a reading without its time: keep counting
+        # a job that reserves nothing marks a recent placement until Ray runs it
+        (S.PLACED, False, False, None, T0 + 100, True),
+        (S.SUBMITTED, False, True, None, T0 + 100, True),
+        (S.RUNNING, False, False, None, T0 + 1, False),
+        (S.STARTING, False, False, None, T0 + 1, False),
+    ],
+)
+def test_hold_counts(state, reserves, reflected, reserved_at, report_time, counts):
+    got = hold_counts(state, reserves=reserves, reflected=reflected, reserved_at=reserved_at, state_at=T0,
+                      report_time=report_time)  # fmt: skip
+    assert got is counts

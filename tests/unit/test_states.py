@@ -64,6 +64,18 @@ def test_nothing_moves_back_to_queued(old):
         (S.SUBMITTED, S.STOPPED, True),
         (S.SUBMITTED, S.UNKNOWN, True),
         (S.SUBMITTED, S.PLACED, False),
+        (S.SUBMITTED, S.STARTING, True),  # Ray runs the launcher; the command has not started
+        (S.PLACED, S.STARTING, True),
+        (S.STARTING, S.RUNNING, True),  # the launcher reported the command started
+        (S.STARTING, S.FAILED, True),  # e.g. the reservation timed out: the command never ran
+        (S.STARTING, S.STOPPED, True),
+        (S.STARTING, S.UNKNOWN, True),
+        (S.STARTING, S.LOST, True),
+        (S.STARTING, S.SUBMITTED, False),
+        (S.RUNNING, S.STARTING, False),  # a command that started does not go back
+        (S.UNKNOWN, S.STARTING, True),
+        (S.QUEUED, S.STARTING, False),
+        (S.PROVISIONING, S.STARTING, False),
         (S.RUNNING, S.SUCCEEDED, True),
         (S.RUNNING, S.FAILED, True),
         (S.RUNNING, S.STOPPED, True),
