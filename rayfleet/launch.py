@@ -26,12 +26,12 @@ processes were killed: Ray itself would leave this driver running for a minute).
 attempt that started it, and a dispatcher that runs the job again elsewhere does not run it twice at once. When the
 command's shell exits, what it left running in its group is stopped too, as Ray does for an entrypoint.
 
-The user's command finds its reservation through ``rayfleet.gang.current()`` (environment variables
+The user's command finds its reservation through ``rayfleet.reservation.current()`` (environment variables
 ``RAYFLEET_PLACEMENT_GROUP_ID``, ``RAYFLEET_GANG_SPEC``, ``RAYFLEET_BUNDLE_INDEX``).
 
 This module travels with the job (``runtime_env`` ``py_modules``), so clusters need no rayfleet installed: it imports
 only the standard library, ``ray`` and its sibling ``watcher``, never the rest of rayfleet. ``wrap()`` is what a
-dispatcher calls; it ships a copy of this file, ``gang.py`` and ``watcher.py`` as the small package
+dispatcher calls; it ships a copy of this file, ``reservation.py`` and ``watcher.py`` as the small package
 ``rayfleet_launcher`` and returns the new entrypoint
 (``python -m rayfleet_launcher '<command>'``). ``python -m rayfleet.launch '<command>'`` works where rayfleet is
 installed.
@@ -909,7 +909,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- for the dispatcher (runs on the submitting machine) ---------------------------------------------------------
 
 
-SHIPPED_MODULES = ("launch.py", "gang.py", "watcher.py")  # the files of rayfleet that travel with a job
+SHIPPED_MODULES = ("launch.py", "reservation.py", "watcher.py")  # the files of rayfleet that travel with a job
 
 
 def _sources() -> dict[str, str]:
@@ -917,8 +917,11 @@ def _sources() -> dict[str, str]:
     return {name: (here / name).read_text() for name in SHIPPED_MODULES}
 
 
-_INIT = '"""rayfleet\'s launcher, shipped with a job (a copy of rayfleet/launch.py, gang.py and watcher.py)."""\n\n'
-_INIT += "from rayfleet_launcher.gang import Gang, current, in_gang\n\n__all__ = ['Gang', 'current', 'in_gang']\n"
+_INIT = (
+    '"""rayfleet\'s launcher, shipped with a job (a copy of rayfleet/launch.py, reservation.py and watcher.py)."""\n\n'
+    "from rayfleet_launcher.reservation import Reservation, current, reserved\n\n"
+    "__all__ = ['Reservation', 'current', 'reserved']\n"
+)
 _MAIN = "import sys\n\nfrom rayfleet_launcher.launch import main\n\nsys.exit(main())\n"
 
 

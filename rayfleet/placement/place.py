@@ -10,9 +10,9 @@ import numpy as np
 from rayfleet.capacity import ClusterSnapshot, describe_node
 from rayfleet.config import POLICIES, Cluster
 from rayfleet.errors import InvalidRequestError
+from rayfleet.placement.bundles import bundle_vectors, distinct_fit_count, fit_gang, gang_score
 from rayfleet.placement.fit import Hold, effective_free, fit_mask, request_vector
 from rayfleet.placement.fragmentation import RequestMix
-from rayfleet.placement.gang import bundle_vectors, distinct_fit_count, fit_gang, gang_score
 from rayfleet.placement.policies import cluster_key, node_score
 from rayfleet.resources import ACCELERATOR_PREFIX, EPSILON, Gang, Resources
 

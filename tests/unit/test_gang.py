@@ -16,7 +16,7 @@ from rayfleet.capacity import ClusterSnapshot
 from rayfleet.config import Cluster
 from rayfleet.errors import InvalidResourcesError
 from rayfleet.placement import Decision, Hold, PlacementRequest, effective_free, fit_gang, place
-from rayfleet.placement.gang import bundle_vectors, fits_together
+from rayfleet.placement.bundles import bundle_vectors, fits_together
 from rayfleet.resources import STRATEGIES, Gang, Resources
 
 GiB = 1024**3

@@ -1,4 +1,4 @@
-"""Unit tests of the launcher's pure parts: what it imports, the spec, ``wrap()``, ``gang.current()``, and the
+"""Unit tests of the launcher's pure parts: what it imports, the spec, ``wrap()``, ``reservation.current()``, and the
 decisions of the command's watcher."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rayfleet import gang, launch, watcher
+from rayfleet import launch, reservation, watcher
 from rayfleet.launch import (
     LAUNCHER_ERROR_EXIT,
     PACKAGE,
@@ -26,7 +26,7 @@ from rayfleet.launch import (
 )
 from rayfleet.watcher import ProcessId, Stat, live_members, parse_argv, parse_stat, same_process, stop_reason
 
-SHIPPED = [Path(launch.__file__), Path(gang.__file__), Path(watcher.__file__)]
+SHIPPED = [Path(launch.__file__), Path(reservation.__file__), Path(watcher.__file__)]
 A100 = {"CPU": 1, "GPU": 1, "accelerator_type:A100": 0.001}
 
 
@@ -53,7 +53,7 @@ def test_the_shipped_package_is_the_shipped_modules() -> None:
 
 
 def test_environment_names_agree() -> None:
-    assert (gang.SPEC_ENV, gang.PLACEMENT_GROUP_ENV, gang.BUNDLE_INDEX_ENV) == (
+    assert (reservation.SPEC_ENV, reservation.PLACEMENT_GROUP_ENV, reservation.BUNDLE_INDEX_ENV) == (
         launch.SPEC_ENV,
         launch.PLACEMENT_GROUP_ENV,
         launch.BUNDLE_INDEX_ENV,
@@ -162,7 +162,7 @@ def test_shipped_package_runs_without_rayfleet() -> None:
     code = (
         "import sys; sys.modules['rayfleet'] = None; sys.path.insert(0, sys.argv[1]);"
         "import rayfleet_launcher; from rayfleet_launcher.launch import main;"
-        "assert rayfleet_launcher.current is rayfleet_launcher.gang.current;"
+        "assert rayfleet_launcher.current is rayfleet_launcher.reservation.current;"
         "sys.exit(main(['--spec', '{}', 'true']))"
     )
     result = subprocess.run([sys.executable, "-c", code, str(Path(package).parent)], capture_output=True, text=True)
@@ -171,16 +171,16 @@ def test_shipped_package_runs_without_rayfleet() -> None:
 
 
 def test_current_reads_the_reservation(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(gang.PLACEMENT_GROUP_ENV, raising=False)
-    assert not gang.in_gang()
+    monkeypatch.delenv(reservation.PLACEMENT_GROUP_ENV, raising=False)
+    assert not reservation.reserved()
     with pytest.raises(LookupError, match="RAYFLEET_PLACEMENT_GROUP_ID"):
-        gang.current()
+        reservation.current()
     _, additions = wrap("true", [A100, {"CPU": 2}], "PACK", 5, driver_bundle=1)
     monkeypatch.setenv(SPEC_ENV, additions["env_vars"][SPEC_ENV])
-    monkeypatch.setenv(gang.PLACEMENT_GROUP_ENV, "ab" * 18)
-    monkeypatch.setenv(gang.BUNDLE_INDEX_ENV, "1")
-    g = gang.current()
-    assert gang.in_gang()
+    monkeypatch.setenv(reservation.PLACEMENT_GROUP_ENV, "ab" * 18)
+    monkeypatch.setenv(reservation.BUNDLE_INDEX_ENV, "1")
+    g = reservation.current()
+    assert reservation.reserved()
     assert (g.placement_group_id, g.bundles, g.strategy, g.driver_bundle) == ("ab" * 18, (A100, {"CPU": 2}), "PACK", 1)
     assert g.other_bundles() == [0]
     assert g.placement_group.id.hex() == "ab" * 18

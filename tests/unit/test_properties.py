@@ -23,8 +23,8 @@ from rayfleet.capacity import ClusterSnapshot
 from rayfleet.config import POLICIES, Cluster
 from rayfleet.errors import ConfigError, InvalidResourcesError
 from rayfleet.placement import Hold, PlacementRequest, effective_free, fit_gang, place
+from rayfleet.placement.bundles import bundle_vectors
 from rayfleet.placement.fit import request_vector
-from rayfleet.placement.gang import bundle_vectors
 from rayfleet.resources import EPSILON, Gang, Resources
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

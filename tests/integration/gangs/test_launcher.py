@@ -37,11 +37,11 @@ A100 = {"CPU": 1, "GPU": 1, "accelerator_type:A100": 0.001}
 USER_SCRIPT = """
 import os, sys
 import ray
-from {package} import gang
+from {package} import reservation
 
 with open(sys.argv[1], "a") as f:
     f.write("ran\\n")
-g = gang.current()
+g = reservation.current()
 print("user: visible", os.environ.get("CUDA_VISIBLE_DEVICES"))
 print("user: bundles", len(g.bundles), g.strategy, g.driver_bundle, g.other_bundles())
 ray.init()

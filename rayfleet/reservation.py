@@ -4,14 +4,14 @@ The launcher (``rayfleet.launch``) reserves a job's bundles as a Ray placement g
 task that holds one of them (the driver bundle). From that command::
 
     import ray
-    from rayfleet import gang
+    from rayfleet import reservation
 
     ray.init()
-    g = gang.current()
-    refs = [work.options(scheduling_strategy=g.strategy_for(i)).remote() for i in g.other_bundles()]
+    r = reservation.current()
+    refs = [work.options(scheduling_strategy=r.strategy_for(i)).remote() for i in r.other_bundles()]
 
 Where rayfleet is not installed on the cluster, the same module travels with the job: ``from rayfleet_launcher
-import gang``. Like the launcher, it imports only the standard library and ``ray``.
+import reservation``. Like the launcher, it imports only the standard library and ``ray``.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ BUNDLE_INDEX_ENV = "RAYFLEET_BUNDLE_INDEX"
 
 
 @dataclass(frozen=True)
-class Gang:
-    """The job's reservation.
+class Reservation:
+    """The job's reservation (of a gang's bundles, or of a plain job's one bundle).
 
     Attributes:
         placement_group_id: hex id of the placement group.
@@ -63,12 +63,12 @@ class Gang:
         return PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=bundle_index)
 
 
-def in_gang() -> bool:
+def reserved() -> bool:
     """Whether this process runs under rayfleet's launcher with a reservation."""
     return bool(os.environ.get(PLACEMENT_GROUP_ENV))
 
 
-def current() -> Gang:
+def current() -> Reservation:
     """The reservation of the job this process belongs to.
 
     Raises:
@@ -80,4 +80,4 @@ def current() -> Gang:
     spec = json.loads(os.environ.get(SPEC_ENV) or "{}")
     bundles = tuple(dict(b) for b in spec.get("bundles", ()))
     driver = int(os.environ.get(BUNDLE_INDEX_ENV, spec.get("driver_bundle", 0)))
-    return Gang(pg_id, bundles, spec.get("strategy", "PACK"), driver)
+    return Reservation(pg_id, bundles, spec.get("strategy", "PACK"), driver)
