@@ -1,9 +1,9 @@
 """Groups: several jobs, possibly on different clusters, that all run their commands or none does.
 
-Every member goes through the launcher (`rayfleet.launch`), which reserves the member's resources in its cluster and
+Every member goes through the launcher (`rayfleet.launcher`), which reserves the member's resources in its cluster and
 then meets the other members at a rendezvous (a directory or an fsspec URI named by the group): no member runs its
 command until every member has reserved, and if one cannot within ``timeout_s``, all withdraw. The protocol is in
-docs/groups.md; the member's side is `rayfleet.launch.settle`, the decision rule `rayfleet.launch.next_action`.
+docs/groups.md; the member's side is `rayfleet.launcher.settle`, the decision rule `rayfleet.launcher.next_action`.
 
 This module is the dispatcher's side: validate every member before anything is submitted, submit them one by one
 with the group's spec, abort the group when a member cannot be submitted, and read the group's decision.
@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from rayfleet import launch
+from rayfleet import launcher as launch
 from rayfleet.errors import InvalidRequestError, RayfleetError
 from rayfleet.jobs import JobHandle
-from rayfleet.launch import ABORT, GO, GroupDecision, Rendezvous, open_store
+from rayfleet.launcher import ABORT, GO, GroupDecision, Rendezvous, open_store
 from rayfleet.resources import Gang, Resources
 from rayfleet.states import JobState
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from rayfleet.launch import RESERVATION_TIMEOUT_EXIT
+from rayfleet.launcher import RESERVATION_TIMEOUT_EXIT
 from rayfleet.states import JobState
 
 

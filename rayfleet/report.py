@@ -1,6 +1,6 @@
 """What a job's launcher reports to the dispatcher, read from Ray's state API instead of the job's logs.
 
-The launcher (``launch.py``, channel version ``REPORT_VERSION``) names its placement group after the attempt's
+The launcher (``rayfleet.launcher``, channel version ``REPORT_VERSION``) names its placement group after the attempt's
 submission id, and the task that runs the user's command after it too (see `launch.placement_group_name`,
 `launch.command_task_name`). One look at both says:
 
@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rayfleet.launch import REPORT_KEY, REPORT_VERSION
+from rayfleet.launcher import REPORT_KEY, REPORT_VERSION
 
 # task states (Ray's TaskStatus) of a command task that a worker has started: the user's command runs or has run
 _STARTED_TASK_STATES = frozenset(

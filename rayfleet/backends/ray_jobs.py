@@ -24,7 +24,7 @@ from rayfleet.errors import (
     DuplicateSubmissionError,
     JobNotFoundError,
 )
-from rayfleet.launch import command_task_name, placement_group_name
+from rayfleet.launcher import command_task_name, placement_group_name
 from rayfleet.report import LauncherReport, parse_report
 
 FENCE_KEY = "rayfleet.fence"  # metadata of a no-op job that takes a submission id so that no one else can run it

@@ -10,7 +10,8 @@ import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from rayfleet import faults, launch
+from rayfleet import faults
+from rayfleet import launcher as launch
 from rayfleet.capacity import ClusterSnapshot
 from rayfleet.config import FLEET_ENV
 from rayfleet.dispatch.submission import (

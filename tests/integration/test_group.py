@@ -18,7 +18,7 @@ from ray.util.state import list_placement_groups
 
 from rayfleet import Fleet, Gang, JobState, NoCapacityError, Resources
 from rayfleet.group import GroupHandle, open_group
-from rayfleet.launch import (
+from rayfleet.launcher import (
     ABORT,
     GO,
     GROUP_ABORTED_MARKER,

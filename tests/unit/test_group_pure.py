@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from rayfleet import launch
+from rayfleet import launcher as launch
 from rayfleet.config import FleetConfig
 from rayfleet.dispatch import Dispatcher
 from rayfleet.errors import InvalidRequestError, InvalidResourcesError, UnknownClusterError
 from rayfleet.group import GroupHandle, GroupMember, _on_this_machine, rendezvous_root, submit_group, validate_members
-from rayfleet.launch import (
+from rayfleet.launcher import (
     ABORT,
     GO,
     GROUP_ABORTED_MARKER,
@@ -33,6 +33,7 @@ from rayfleet.launch import (
     next_action,
     open_store,
     parse_group,
+    runner,
     settle,
     wrap,
 )
@@ -300,10 +301,10 @@ def test_a_launcher_that_starts_after_the_decision_never_runs(tmp_path: Path, ca
     for outcome in (GO, ABORT):
         group = {**GROUP, "uri": str(tmp_path / outcome), "timeout_s": 5.0}
         Rendezvous(open_store(group["uri"], group["id"]), 2, 5).propose(outcome, "decided", "member 0")
-        assert launch._join_group(group) == (None, RESERVATION_TIMEOUT_EXIT)
+        assert runner._join_group(group) == (None, RESERVATION_TIMEOUT_EXIT)
         assert GROUP_ABORTED_MARKER in capsys.readouterr().out
     fresh = {**GROUP, "uri": str(tmp_path / "fresh"), "timeout_s": 5.0}
-    joined, _ = launch._join_group(fresh)
+    joined, _ = runner._join_group(fresh)
     assert joined is not None
 
 

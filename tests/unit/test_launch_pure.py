@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rayfleet import launch, reservation, watcher
-from rayfleet.launch import (
+from rayfleet import launcher as launch
+from rayfleet.launcher import (
     LAUNCHER_ERROR_EXIT,
     PACKAGE,
     SPEC_ENV,
@@ -21,12 +21,15 @@ from rayfleet.launch import (
     command_env,
     merge_runtime_env,
     parse_spec,
+    reservation,
+    runner,
     task_options,
+    watcher,
     wrap,
 )
-from rayfleet.watcher import ProcessId, Stat, live_members, parse_argv, parse_stat, same_process, stop_reason
+from rayfleet.launcher.watcher import ProcessId, Stat, live_members, parse_argv, parse_stat, same_process, stop_reason
 
-SHIPPED = [Path(launch.__file__), Path(reservation.__file__), Path(watcher.__file__)]
+SHIPPED = sorted(Path(launch.__file__).parent.glob("*.py"))  # the launcher package, whole
 A100 = {"CPU": 1, "GPU": 1, "accelerator_type:A100": 0.001}
 
 
@@ -47,8 +50,11 @@ def test_shipped_modules_import_only_the_standard_library_and_ray(path: Path) ->
     assert imported_modules(path) - allowed == set()
 
 
-def test_the_shipped_package_is_the_shipped_modules() -> None:
-    assert sorted(launch.SHIPPED_MODULES) == sorted(p.name for p in SHIPPED)
+def test_the_shipped_package_is_the_launcher_package_whole() -> None:
+    assert list(launch.shipped_modules()) == [p.name for p in SHIPPED]
+    assert {"__init__.py", "__main__.py", "spec.py", "runner.py", "watcher.py", "rendezvous.py"} <= set(
+        launch.shipped_modules()
+    )
     assert imported_modules(Path(watcher.__file__)) <= set(sys.stdlib_module_names) | {"__future__"}  # -I -S
 
 
@@ -75,7 +81,7 @@ def test_wrap_returns_the_launcher_entrypoint_and_runtime_env() -> None:
     assert Path(package).name == PACKAGE
     for source in SHIPPED:
         assert (Path(package) / source.name).read_text() == source.read_text()
-    assert {p.name for p in Path(package).iterdir()} >= {"__init__.py", "__main__.py", *launch.SHIPPED_MODULES}
+    assert {p.name for p in Path(package).iterdir()} == set(launch.shipped_modules())
     spec = json.loads(additions["env_vars"][SPEC_ENV])
     assert spec == {"bundles": [A100, A100], "strategy": "STRICT_SPREAD", "timeout_s": 30.0, "driver_bundle": 1}
 
@@ -161,7 +167,7 @@ def test_shipped_package_runs_without_rayfleet() -> None:
     package = wrap("true", [{"CPU": 1}], "PACK", 1)[1]["py_modules"][0]
     code = (
         "import sys; sys.modules['rayfleet'] = None; sys.path.insert(0, sys.argv[1]);"
-        "import rayfleet_launcher; from rayfleet_launcher.launch import main;"
+        "import rayfleet_launcher; from rayfleet_launcher.runner import main;"
         "assert rayfleet_launcher.current is rayfleet_launcher.reservation.current;"
         "sys.exit(main(['--spec', '{}', 'true']))"
     )
@@ -187,7 +193,7 @@ def test_current_reads_the_reservation(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_signal_becomes_128_plus_its_number() -> None:
-    assert (launch._exit_code(-9), launch._exit_code(0), launch._exit_code(3)) == (137, 0, 3)
+    assert (runner._exit_code(-9), runner._exit_code(0), runner._exit_code(3)) == (137, 0, 3)
 
 
 # --- the command's watcher ------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rayfleet.launch import REPORT_KEY, REPORT_VERSION, command_task_name, placement_group_name
+from rayfleet.launcher import REPORT_KEY, REPORT_VERSION, command_task_name, placement_group_name
 from rayfleet.report import LauncherReport, parse_report, speaks_report
 
 CREATED = {"state": "CREATED", "bundles": [{"bundle_id": "x", "node_id": "n1"}, {"bundle_id": "y", "node_id": "n2"}]}

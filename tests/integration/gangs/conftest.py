@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from rayfleet import LocalClusterSpec, LocalFleet, LocalNodeSpec
-from rayfleet.watcher import ProcessId
+from rayfleet.launcher.watcher import ProcessId
 from tests.integration.gangs.processes import gone
 
 GPU_NODE = LocalNodeSpec(cpus=1, gpus=1, accelerator="A100", memory="512MiB")

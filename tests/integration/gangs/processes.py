@@ -1,5 +1,5 @@
 """Processes of a job's command, as tests see them from this machine (``/proc``): which ones still run, and waiting
-for them to go. A process is known by its pid and start time (`rayfleet.watcher.ProcessId`), so a reused pid is
+for them to go. A process is known by its pid and start time (`rayfleet.launcher.watcher.ProcessId`), so a reused pid is
 never taken for it."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from rayfleet import watcher
-from rayfleet.watcher import ProcessId
+from rayfleet.launcher import watcher
+from rayfleet.launcher.watcher import ProcessId
 from tests.polling import poll
 
 

@@ -16,7 +16,7 @@ from tests.polling import poll
 pytestmark = pytest.mark.integration
 
 SHOW_GANG = (
-    "python -c \"import os, rayfleet.reservation as g; print('bundles', len(g.current().bundles), "
+    "python -c \"import os, rayfleet.launcher as g; print('bundles', len(g.current().bundles), "
     "'gpu', os.environ.get('CUDA_VISIBLE_DEVICES'))\""
 )
 

@@ -16,7 +16,7 @@ import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 from ray.util.state import list_placement_groups
 
-from rayfleet.launch import (
+from rayfleet.launcher import (
     PACKAGE,
     RESERVATION_TIMEOUT_EXIT,
     RESERVED_MARKER,
@@ -25,7 +25,7 @@ from rayfleet.launch import (
     merge_runtime_env,
     wrap,
 )
-from rayfleet.watcher import ProcessId
+from rayfleet.launcher.watcher import ProcessId
 from tests.integration.conftest import poll
 from tests.integration.gangs.processes import cmdline, group_command, recorded, wait_gone
 
@@ -201,10 +201,10 @@ def test_output_streams_while_the_command_runs(client: JobSubmissionClient, tmp_
 
 
 def test_installed_module_entrypoint(client: JobSubmissionClient) -> None:
-    """Where rayfleet is installed on the cluster, ``python -m rayfleet.launch`` is the launcher too."""
+    """Where rayfleet is installed on the cluster, ``python -m rayfleet.launcher`` is the launcher too."""
     _, additions = wrap("echo installed-ok", [{"CPU": 1}], "PACK", 30)
     runtime_env = {"env_vars": additions["env_vars"]}
-    job = client.submit_job(entrypoint="python -m rayfleet.launch 'echo installed-ok'", runtime_env=runtime_env,
+    job = client.submit_job(entrypoint="python -m rayfleet.launcher 'echo installed-ok'", runtime_env=runtime_env,
                             entrypoint_num_cpus=0)  # fmt: skip
     assert finish(client, job) == JobStatus.SUCCEEDED, client.get_job_logs(job)
     assert "installed-ok" in client.get_job_logs(job) and RESERVED_MARKER in client.get_job_logs(job)

@@ -19,10 +19,18 @@ from pathlib import Path
 import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from rayfleet import LocalClusterSpec, LocalFleet, LocalNodeSpec, watcher
-from rayfleet.launch import COMMAND_LOST_EXIT, LOST_MARKER, ORPHANED_MARKER, RESERVED_MARKER, merge_runtime_env, wrap
+from rayfleet import LocalClusterSpec, LocalFleet, LocalNodeSpec
+from rayfleet.launcher import (
+    COMMAND_LOST_EXIT,
+    LOST_MARKER,
+    ORPHANED_MARKER,
+    RESERVED_MARKER,
+    merge_runtime_env,
+    watcher,
+    wrap,
+)
+from rayfleet.launcher.watcher import ProcessId
 from rayfleet.provisioning.local import RunningCluster
-from rayfleet.watcher import ProcessId
 from tests.integration.gangs.processes import ancestor, cmdline, group_command, recorded, wait_gone
 from tests.polling import poll
 
@@ -88,14 +96,14 @@ def test_the_command_dies_with_the_head(cluster: RunningCluster, tmp_path: Path,
 
 ORPHAN = """
 import os, signal, sys, time
-from rayfleet import launch
+from rayfleet.launcher import runner
 
 def on_sigterm(signum, frame):
     print("sigterm", flush=True)
     sys.exit(143)
 
 signal.signal(signal.SIGTERM, on_sigterm)
-launch._follow_parent(interval=0.05, exit_after=30)
+runner._follow_parent(interval=0.05, exit_after=30)
 with open(sys.argv[1] + ".tmp", "w") as f:
     f.write(f"{os.getpid()}")
 os.rename(sys.argv[1] + ".tmp", sys.argv[1])

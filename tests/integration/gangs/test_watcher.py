@@ -1,4 +1,4 @@
-"""The command's watcher (rayfleet/watcher.py) on real processes, without Ray: this test process (or a stand-in
+"""The command's watcher (rayfleet/launcher/watcher.py) on real processes, without Ray: this test process (or a stand-in
 process) plays the Ray worker that holds the lifeline, and ``sleep`` processes play the raylet and the launcher.
 
 Each command records the pids of its shell and of a background child (which PR_SET_PDEATHSIG does not cover), so a
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from rayfleet import watcher
-from rayfleet.watcher import ProcessId
+from rayfleet.launcher import watcher
+from rayfleet.launcher.watcher import ProcessId
 from tests.integration.gangs.processes import gone, group_command, recorded, wait_gone
 from tests.polling import poll
 

@@ -1,6 +1,6 @@
 """The reservation of the running job, for user code started by rayfleet's launcher.
 
-The launcher (``rayfleet.launch``) reserves a job's bundles as a Ray placement group and runs the user's command in a
+The launcher (``rayfleet.launcher``) reserves a job's bundles as a Ray placement group and runs the user's command in a
 task that holds one of them (the driver bundle). From that command::
 
     import ray
@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SPEC_ENV = "RAYFLEET_GANG_SPEC"  # the same names as in launch.py (a test checks)
+SPEC_ENV = "RAYFLEET_GANG_SPEC"  # the same names as in spec.py (a test checks)
 PLACEMENT_GROUP_ENV = "RAYFLEET_PLACEMENT_GROUP_ID"
 BUNDLE_INDEX_ENV = "RAYFLEET_BUNDLE_INDEX"
 
