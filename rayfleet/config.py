@@ -350,6 +350,9 @@ class FleetConfig(BaseModel):
             a no-op job takes its submission id on the cluster (Ray refuses a second job under it), so the process
             that placed it can never start it, even if it was only paused; the attempt is FAILED and the job placed
             again at once. Shorter only costs a needless fence of a submission still on its way.
+        lease_ttl_s: the dispatch loop (`Fleet.run`, ``rayfleet dispatch``) runs in one process per ledger at a time,
+            under a lease it renews every turn; another loop takes over this long after the holder stopped renewing
+            (died, paused, cut off), and the old holder's writes are refused from then on.
         pin_node: pin a one-bundle job to the node placement chose, through Ray's ``node:<ip>`` resource, where that
             node's address is its own (nodes on one machine share one). None (the default): only under
             ``policy: fragmentation``, whose node choice is what keeps its gain (docs/placement_quality.md).
@@ -371,6 +374,7 @@ class FleetConfig(BaseModel):
     max_in_flight: int = Field(default=4, ge=1)
     fair_share: bool = False
     placed_grace_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    lease_ttl_s: float = Field(default=15.0, gt=0, allow_inf_nan=False)
     pin_node: bool | None = None
 
     @field_validator("name")

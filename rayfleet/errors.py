@@ -117,6 +117,11 @@ class LedgerError(RayfleetError):
     """The ledger cannot be opened or is inconsistent (bad path, newer schema, illegal transition)."""
 
 
+class LeaseLostError(LedgerError):
+    """This process no longer holds the lease it acted under: another dispatcher took the loop over (this one was
+    paused or cut off past the lease's expiry). Its write was refused, and it must stop acting."""
+
+
 class LocalFleetError(RayfleetError):
     """An embedded local fleet could not start, or its state file is unusable."""
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import threading
+import uuid
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -14,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 from rayfleet.capacity import ClusterSnapshot
 from rayfleet.config import Cluster, FleetConfig
 from rayfleet.dispatch import Dispatcher
-from rayfleet.errors import ConfigError, RayfleetError
+from rayfleet.errors import ConfigError, LeaseLostError, RayfleetError
 from rayfleet.group import DEFAULT_GROUP_TIMEOUT_S, GroupHandle, GroupMember, submit_group
 from rayfleet.jobs import JobHandle
-from rayfleet.ledger import Ledger
+from rayfleet.ledger import Lease, Ledger
 from rayfleet.placement import Decision
 from rayfleet.resources import Gang, Resources
 from rayfleet.states import JobState
@@ -25,6 +27,8 @@ from rayfleet.states import JobState
 if TYPE_CHECKING:
     from rayfleet.provisioning.base import Provisioner
     from rayfleet.provisioning.local import LocalClusterSpec
+
+DISPATCH_LEASE = "dispatch"  # the lease under which one loop per ledger acts (`Fleet.run`)
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +138,12 @@ class Fleet:
     def run(self, interval: float = 2.0, *, background: bool = True) -> None:
         """Run the dispatcher's duties every ``interval`` seconds: follow every active job (confirm its start, fail
         it over, notice a lost cluster, retry), place queued jobs, delete managed clusters idle past their TTL. On a
-        background thread until `close`, or in this thread (``background=False``)."""
+        background thread until `close`, or in this thread (``background=False``).
+
+        One loop per ledger acts at a time: each turn runs under the ledger's ``dispatch`` lease (``lease_ttl_s``),
+        renewed every turn. Another process's loop stands by, and takes over once the holder stops renewing; a
+        holder that lost the lease (paused past it) has its writes refused (`LeaseLostError`), stops that turn and
+        stands by in its turn."""
         if background:
             if self._loop is None or not self._loop.is_alive():
                 self._stop.clear()
@@ -144,12 +153,38 @@ class Fleet:
         self._run(interval)
 
     def _run(self, interval: float) -> None:
-        while not self._stop.is_set():
-            try:
+        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        ttl = self._dispatcher.config.lease_ttl_s
+        lease: Lease | None = None
+        try:
+            while not self._stop.is_set():
+                lease = self._turn(holder, ttl, lease)
+                self._stop.wait(interval)
+        finally:
+            if lease is not None:
+                with contextlib.suppress(RayfleetError):
+                    self.ledger.release_lease(lease)
+
+    def _turn(self, holder: str, ttl: float, lease: Lease | None) -> Lease | None:
+        """One turn of the loop, under the dispatch lease (taken or renewed first); returns the lease now held."""
+        try:
+            lease = (
+                self.ledger.renew_lease(lease, ttl) if lease else self.ledger.acquire_lease(DISPATCH_LEASE, holder, ttl)
+            )
+        except LeaseLostError as e:
+            log.error("dispatcher %s: %s; standing by", holder, e.message)
+            return None
+        if lease is None:  # another loop holds it
+            return None
+        try:
+            with self.ledger.fenced(lease):
                 self._dispatcher.tick()
-            except RayfleetError as e:  # keep going: the next turn may succeed
-                log.warning("dispatcher turn failed: %s", e)
-            self._stop.wait(interval)
+        except LeaseLostError as e:
+            log.error("dispatcher %s: the turn was stopped: %s", holder, e.message)
+            return None
+        except RayfleetError as e:  # keep going: the next turn may succeed
+            log.warning("dispatcher turn failed: %s", e)
+        return lease
 
     def gc(self, *, everything: bool = False) -> list[str]:
         """Delete leftover managed clusters this fleet owns (see `Dispatcher.gc`); returns their names."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayfleet.errors import JobNotFoundError, LedgerError
+from rayfleet.errors import JobNotFoundError, LeaseLostError, LedgerError
 from rayfleet.resources import Resources
 from rayfleet.states import TERMINAL, JobState, can_move
 
@@ -112,6 +112,16 @@ MIGRATIONS: tuple[str, ...] = (
         submission_id TEXT PRIMARY KEY REFERENCES attempts(submission_id),
         reserved_at   REAL NOT NULL,
         nodes         TEXT NOT NULL       -- JSON: the node of each bundle, in bundle order
+    );
+    """,
+    # 6: leases: one holder at a time of a duty (the dispatch loop), with an epoch that grows with each new holder and
+    # an expiry; a writer acting under a lease has every transaction checked against it (`Ledger.fenced`)
+    """
+    CREATE TABLE leases (
+        name       TEXT PRIMARY KEY,
+        holder     TEXT NOT NULL,
+        epoch      INTEGER NOT NULL,
+        expires_at REAL NOT NULL
     );
     """,
 )
@@ -238,6 +248,17 @@ class NewCluster:
     cap: int | None = None
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A duty held by one process until ``expires_at`` (the ledger's clock); ``epoch`` grows with every new holder,
+    so a writer that lost the lease and comes back is refused (`Ledger.fenced`)."""
+
+    name: str
+    holder: str
+    epoch: int
+    expires_at: float
+
+
 @dataclass
 class Ledger:
     """The durable record of jobs on this machine.
@@ -255,6 +276,7 @@ class Ledger:
     clock: Callable[[], float] = field(default=time.time, repr=False)  # the time stamped on every record
     _conn: sqlite3.Connection = field(init=False, repr=False)
     _lock: threading.RLock = field(init=False, repr=False, default_factory=threading.RLock)
+    _fence: threading.local = field(init=False, repr=False, default_factory=threading.local)  # per thread: its lease
 
     def __post_init__(self) -> None:
         self.path = Path(self.path).expanduser() if self.path else default_path()
@@ -313,6 +335,8 @@ class Ledger:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
+                if (lease := getattr(self._fence, "lease", None)) is not None:
+                    self._check(self._conn, lease)
                 yield self._conn
             except _Rollback:
                 self._conn.execute("ROLLBACK")
@@ -321,6 +345,79 @@ class Ledger:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+
+    # ----- leases -------------------------------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> Lease | None:
+        """Take the lease ``name`` for ``ttl_s`` seconds, or renew it if ``holder`` has it. Returns None while another
+        holder's lease has not expired. A new holder (or the same one after its lease expired) gets a new epoch."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                now = self.clock()
+                row = self._conn.execute(
+                    "SELECT holder, epoch, expires_at FROM leases WHERE name = ?", (name,)
+                ).fetchone()
+                if row is not None and row[2] > now and row[0] != holder:
+                    self._conn.execute("ROLLBACK")
+                    return None
+                epoch = row[1] if row is not None and row[0] == holder and row[2] > now else (row[1] + 1 if row else 1)
+                self._conn.execute(
+                    "INSERT INTO leases VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, "
+                    "epoch = excluded.epoch, expires_at = excluded.expires_at",
+                    (name, holder, epoch, now + ttl_s),
+                )
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+            return Lease(name, holder, epoch, now + ttl_s)
+
+    def renew_lease(self, lease: Lease, ttl_s: float) -> Lease:
+        """Extend a lease this process holds. Raises `LeaseLostError` when it expired or another holder took it."""
+        with self._tx() as tx:
+            self._check(tx, lease)
+            now = self.clock()
+            tx.execute("UPDATE leases SET expires_at = ? WHERE name = ?", (now + ttl_s, lease.name))
+        return Lease(lease.name, lease.holder, lease.epoch, now + ttl_s)
+
+    def release_lease(self, lease: Lease) -> None:
+        """Give a lease up (it expires now), if this process still holds it."""
+        with self._tx() as tx:
+            tx.execute(
+                "UPDATE leases SET expires_at = ? WHERE name = ? AND holder = ? AND epoch = ?",
+                (self.clock(), lease.name, lease.holder, lease.epoch),
+            )
+
+    def lease_holder(self, name: str) -> Lease | None:
+        """Who holds the lease ``name`` (even if it has expired), or None if nobody ever took it."""
+        with self._lock:
+            row = self._conn.execute("SELECT holder, epoch, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+        return Lease(name, *row) if row else None
+
+    @contextmanager
+    def fenced(self, lease: Lease) -> Iterator[None]:
+        """Within this block, every write of this thread first checks that ``lease`` is still held (same holder and
+        epoch, not expired) and raises `LeaseLostError` otherwise: a dispatcher paused past its lease, whose duty
+        another took over, cannot act on what that other one now owns."""
+        self._fence.lease = lease
+        try:
+            yield
+        finally:
+            self._fence.lease = None
+
+    def _check(self, tx: sqlite3.Connection, lease: Lease) -> None:
+        row = tx.execute("SELECT holder, epoch, expires_at FROM leases WHERE name = ?", (lease.name,)).fetchone()
+        if row is not None and (row[0], row[1]) == (lease.holder, lease.epoch) and row[2] > self.clock():
+            return
+        if row is not None and (row[0], row[1]) == (lease.holder, lease.epoch):
+            why = f"it expired {self.clock() - row[2]:.1f} s ago, unrenewed"
+        else:
+            why = "nobody has it now" if row is None else f"{row[0]} (epoch {row[1]}) has it now"
+        raise LeaseLostError(
+            f"the {lease.name} lease of {lease.holder} (epoch {lease.epoch}) is no longer held: {why}",
+            "nothing to undo: the write was refused; the dispatcher that holds the lease carries on",
+        )
 
     # ----- writes -------------------------------------------------------------------------------------------------
 

@@ -276,6 +276,7 @@ CASES = [
     Case("config", "unset-variable", ConfigError, "RF_UNSET_VARIABLE", load(lambda e: e.fleet_file.read_text().replace("kind: cpu", "kind: ${RF_UNSET_VARIABLE}"))),
     Case("config", "negative-probe-timeout", ConfigError, "greater than 0", load(lambda e: e.fleet_yaml(probe_timeout_s=-1))),
     Case("config", "infinite-hold", ConfigError, "finite", load(lambda e: e.fleet_yaml(hold_ttl_s=math.inf))),
+    Case("config", "zero-lease", ConfigError, "lease_ttl_s", load(lambda e: e.fleet_yaml(lease_ttl_s=0))),
     Case("config", "nan-price", ConfigError, "finite", load(lambda e: e.cluster_yaml(cost_per_gpu_hour=math.nan))),
     Case("config", "fleet-name-not-a-label", ConfigError, "fleet name", load(lambda e: e.fleet_yaml(name="ml prod!"))),
     Case("config", "duplicate-provisioner", ConfigError, "provisioner name 'k8s' appears twice", load(lambda e: e.fleet_yaml(provisioners=[{"name": "k8s"}, {"name": "k8s"}]))),

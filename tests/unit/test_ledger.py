@@ -266,7 +266,7 @@ def test_a_missing_directory_is_created_private(tmp_path):
 
 
 def test_a_new_ledger_has_every_migration(ledger):
-    assert ledger.schema_version == len(MIGRATIONS) == 5
+    assert ledger.schema_version == len(MIGRATIONS) == 6
 
 
 def test_a_ledger_of_schema_1_is_migrated_and_keeps_its_jobs(path):
@@ -282,7 +282,7 @@ def test_a_ledger_of_schema_1_is_migrated_and_keeps_its_jobs(path):
 
     ledger = Ledger(path)
     try:
-        assert ledger.schema_version == 5
+        assert ledger.schema_version == 6
         assert [(j.id, j.state) for j in ledger.jobs()] == [("old", S.QUEUED)]
         ledger.add_managed("c1", provisioner="k", template="t", namespace="ml", idle_ttl_s=60)
         assert [(c.name, c.state) for c in ledger.managed()] == [("c1", "CREATING")]
@@ -353,7 +353,7 @@ def test_a_ledger_with_a_newer_schema_is_refused(path):
 
     with pytest.raises(LedgerError) as info:
         Ledger(path)
-    assert "schema version 99, newer than this rayfleet knows (5)" in str(info.value)
+    assert "schema version 99, newer than this rayfleet knows (6)" in str(info.value)
     assert "To fix: upgrade rayfleet" in str(info.value)
 
 
