@@ -78,20 +78,20 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(target: watcher.ProcessId | None) -> None:
     """Stop the command through its watcher: on SIGTERM it stops the command's whole process group (SIGTERM, then
     SIGKILL after the grace period) and exits. SIGKILL to the watcher only if it has not exited well after that (the
-    command's shell then dies of its parent-death signal)."""
-    if proc.poll() is not None:
+    command's shell then dies of its parent-death signal). By pid and start time: a reused pid is left alone."""
+    if target is None or watcher.gone(target):
         return
     with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(2 * _STOP_GRACE_S + 2)
-    except subprocess.TimeoutExpired:
+        os.kill(target.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 2 * _STOP_GRACE_S + 2
+    while not watcher.gone(target) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not watcher.gone(target):
         with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+            os.kill(target.pid, signal.SIGKILL)
 
 
 def raylet_pid(environ: Mapping[str, str], parent: int, name_of: Callable[[int], str | None]) -> int | None:
@@ -115,14 +115,53 @@ def _watched(launcher: str | None) -> dict[str, watcher.ProcessId]:
     return watch
 
 
-def _lost_reason(lifeline: socket.socket) -> str | None:
-    """What the watcher wrote to the lifeline before it stopped the command (it has exited), or None."""
-    lifeline.setblocking(False)
-    try:
-        data = lifeline.recv(_READ_BYTES)
-    except OSError:  # nothing written (BlockingIOError), or the watcher's end is gone
+class _Lifeline:
+    """The worker's end of the lifeline, read line by line: the detached watcher's ``pid ...`` first, the reason it
+    stopped the command (if it did), and ``exit <code>`` last."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.buffer, self.lines = sock, b"", []
+
+    def read(self, timeout: float) -> bool:
+        """Read what is there (waiting up to ``timeout`` for something); False at end of file."""
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        if not ready:
+            return True
+        try:
+            data = self.sock.recv(_READ_BYTES)
+        except OSError:
+            return False
+        self.buffer += data
+        *done, self.buffer = self.buffer.split(b"\n")
+        self.lines += [line.decode(errors="replace") for line in done]
+        return bool(data)
+
+    def take(self, prefix: str) -> str | None:
+        """The rest of the first line that starts with ``prefix`` (removed), or None."""
+        for i, line in enumerate(self.lines):
+            if line.startswith(prefix):
+                del self.lines[i]
+                return line[len(prefix) :]
         return None
-    return data.decode(errors="replace").strip() or None
+
+    def watcher(self, timeout: float) -> watcher.ProcessId | None:
+        """The detached watcher, as it announced itself (waiting up to ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while (pid := self.take("pid ")) is None and time.monotonic() < deadline:
+            if not self.read(max(0.0, deadline - time.monotonic())):
+                break
+        try:
+            return watcher.ProcessId.decode(pid) if pid is not None else None
+        except ValueError:
+            return None
+
+    def outcome(self) -> tuple[int | None, str | None]:
+        """Once the watcher has exited: its exit code (None if it did not say) and why it stopped the command."""
+        while self.read(0.5):
+            pass
+        code = self.take("exit ")
+        reason = " ".join(line for line in self.lines if line.strip()) or None
+        return (int(code) if code is not None and code.strip().lstrip("-").isdigit() else None), reason
 
 
 def run_command(command: str, env: Mapping[str, str], launcher: str | None = None) -> Iterator[tuple[str, Any]]:
@@ -138,10 +177,11 @@ def run_command(command: str, env: Mapping[str, str], launcher: str | None = Non
     """
     full_env = command_env(env, os.environ, {})
     # The lifeline: this worker holds one end of a socket pair (never written), the watcher the other. End of file
-    # there means this process is gone, whatever killed it; the watcher writes why it stopped the command, if it did.
-    lifeline, theirs = socket.socketpair()
+    # there means this process is gone, whatever killed it; the watcher writes who it is, why it stopped the command
+    # (if it did) and its exit code. It is detached (not this worker's child): an exiting worker kills its children.
+    mine, theirs = socket.socketpair()
     argv = watcher.watcher_argv(sys.executable, watcher.__file__, command, lifeline=theirs.fileno(),
-                                watch=_watched(launcher), grace_s=_STOP_GRACE_S)  # fmt: skip
+                                watch=_watched(launcher), grace_s=_STOP_GRACE_S, detach=True)  # fmt: skip
     try:
         proc = subprocess.Popen(
             argv,
@@ -153,13 +193,16 @@ def run_command(command: str, env: Mapping[str, str], launcher: str | None = Non
             pass_fds=(theirs.fileno(),),
         )
     except BaseException:
-        lifeline.close()
+        mine.close()
         raise
     finally:
         theirs.close()
     assert proc.stdout is not None
+    lifeline, target = _Lifeline(mine), None
     fd = proc.stdout.fileno()
     try:
+        started = proc.wait()  # the first process exits at once (the watcher forked), or says why it could not start
+        target = lifeline.watcher(timeout=30.0) if started == 0 else None
         while True:
             # A short select timeout keeps the task's thread in Python, so a cancel (KeyboardInterrupt) is seen.
             ready, _, _ = select.select([fd], [], [], 0.5)
@@ -169,13 +212,17 @@ def run_command(command: str, env: Mapping[str, str], launcher: str | None = Non
             if not chunk:
                 break
             yield ("out", chunk)
-        code = _exit_code(proc.wait())
-        lost = _lost_reason(lifeline)
+        if started != 0:  # the watcher did not start the command (it printed why)
+            yield ("exit", _exit_code(started))
+            return
+        code, lost = lifeline.outcome()
+        if lost is None and code is None:
+            lost = "the command's watcher ended without reporting an exit code"
         yield ("lost", lost) if lost is not None else ("exit", code)
     finally:
-        _stop(proc)
+        _stop(target)
         proc.stdout.close()
-        lifeline.close()
+        mine.close()
 
 
 def _say(line: str) -> None:

@@ -3,9 +3,11 @@
 The launcher's task (``launch.run_command``, in a Ray worker) does not start the user's command itself: it starts this
 watcher (``python -I -S watcher.py ...``) in a session of its own, and the watcher starts the command in another new
 session, as a process group of its own (its id is the command's shell's pid). The watcher is not in the command's group
-nor in the worker's (which the raylet kills when the worker exits), and Linux does not kill it when the worker dies: it
-outlives whatever it watches. It stops the command's whole process group (SIGTERM, then SIGKILL after a grace period)
-as soon as any of these happens:
+nor in the worker's (which the raylet kills when the worker exits), and with ``--detach`` it is not the worker's child
+either: it forks once more and the first process exits at once, because a Ray worker that exits kills its direct
+children (``RAY_kill_child_processes_on_worker_exit``, on by default), and a watcher killed so would leave the command
+behind. So it outlives whatever it watches. It stops the command's whole process group (SIGTERM, then SIGKILL after
+a grace period) as soon as any of these happens:
 
 - the *lifeline* closes: the worker holds the only other end of a connected socket pair, and never writes to it; end
   of file on the watcher's end means the worker process is gone, however it died (SIGKILL included);
@@ -17,7 +19,8 @@ as soon as any of these happens:
 
 When it stops the command for any of these reasons but SIGTERM, the watcher first writes the reason (a line) to the
 lifeline: a worker that still lives reads it once the watcher has exited, and reports the command lost rather than the
-exit code it died with.
+exit code it died with. A detached watcher, whose exit code nobody can wait for, also writes ``pid <pid:start:host>``
+first (whom to signal to stop the command) and ``exit <code>`` last.
 
 When the command's shell exits by itself, the watcher stops what the command left running in its process group (as
 Ray does with an entrypoint's group when a job ends), then exits with the shell's exit code (a signal N gives
@@ -161,9 +164,12 @@ def watcher_argv(
     lifeline: int,
     watch: Mapping[str, ProcessId],
     grace_s: float = DEFAULT_GRACE_S,
+    detach: bool = False,
 ) -> list[str]:
     """The command line that runs the watcher (``script``, this file) around ``command``."""
     argv = [python, "-I", "-S", script, "--lifeline", str(lifeline), "--grace", f"{grace_s:g}"]
+    if detach:
+        argv.append("--detach")
     for name, process in watch.items():
         argv += ["--watch", f"{name}={process.encode()}"]
     return [*argv, "--", command]
@@ -190,6 +196,7 @@ def parse_argv(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--lifeline", type=int)
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE_S)
     parser.add_argument("--watch", type=_watch_arg, action="append", default=[])
+    parser.add_argument("--detach", action="store_true")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     words = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -232,6 +239,11 @@ def host_key() -> str | None:
     except OSError:
         return None
     return f"{boot}.{namespace}" if boot else None
+
+
+def gone(target: ProcessId) -> bool:
+    """Whether ``target`` no longer runs on this machine (exited, a zombie, or its pid now belongs to another)."""
+    return not same_process(target, read_stat(target.pid))
 
 
 def identify(pid: int) -> ProcessId:
@@ -364,9 +376,8 @@ class Watcher:
 
     def _report(self, reason: str) -> None:
         """Tell the worker, if it still reads, why the command was stopped (it reads once the watcher has exited)."""
-        if self.lifeline is not None and self.lifeline_open:
-            with contextlib.suppress(OSError):
-                os.write(self.lifeline, (reason + "\n").encode(errors="replace"))
+        if self.lifeline_open:
+            tell(self.lifeline, reason)
 
     def _exited(self) -> bool:
         """Whether the shell has exited, without reaping it (the zombie keeps the group's id ours) where ``waitid``
@@ -479,12 +490,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         _say(f"{ERROR_MARKER}: the command's watcher got bad arguments: {e}")
         return LAUNCHER_ERROR_EXIT
+    if args.detach and hasattr(os, "fork"):
+        if os.fork() > 0:  # the worker's child exits at once; the watcher goes on as its child, reparented
+            os._exit(0)
+        tell(args.lifeline, f"pid {identify(os.getpid()).encode()}")
     try:
-        watcher = Watcher(args.command, args.lifeline, args.watch, args.grace)
+        code = Watcher(args.command, args.lifeline, args.watch, args.grace).run()
     except Exception as e:
         _say(f"{ERROR_MARKER}: the command's watcher could not start: {type(e).__name__}: {e}")
-        return LAUNCHER_ERROR_EXIT
-    return watcher.run()
+        code = LAUNCHER_ERROR_EXIT
+    if args.detach:
+        tell(args.lifeline, f"exit {code}")
+    return code
+
+
+def tell(lifeline: int | None, line: str) -> None:
+    """Write one line to the worker's end of the lifeline (nothing if there is none or it is closed)."""
+    if lifeline is not None:
+        with contextlib.suppress(OSError):
+            os.write(lifeline, (line + "\n").encode(errors="replace"))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ never taken for it."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from tests.polling import poll
 
 def gone(process: ProcessId) -> bool:
     """Whether ``process`` has exited (a zombie has)."""
-    return not watcher.same_process(process, watcher.read_stat(process.pid))
+    return watcher.gone(process)
 
 
 def group_command(pids: Path, tail: str = "wait") -> str:
@@ -44,14 +45,16 @@ def wait_gone(*processes: ProcessId, timeout: float, after: str) -> None:
     poll(lambda: all(gone(p) for p in processes), timeout=timeout, interval=0.05, describe=describe)
 
 
-def ancestor(pid: int, name: str) -> int:
-    """The nearest process above ``pid`` whose executable is ``name``."""
-    seen = pid
-    while (stat := watcher.read_stat(seen)) is not None and stat.ppid > 1:
-        seen = stat.ppid
-        if watcher.command_name(seen) == name:
-            return seen
-    raise AssertionError(f"no {name} above pid {pid}")
+def watched(shell: int, name: str) -> int:
+    """The process the command's watcher (the parent of the command's shell) watches as ``name``: its pid, from the
+    watcher's command line (``--watch raylet=pid:start:host``). The watcher is detached from the Ray worker, so the
+    raylet is not an ancestor of the command."""
+    watcher_pid = watcher.read_stat(shell).ppid  # type: ignore[union-attr]
+    words = cmdline(watcher_pid).split()
+    for word, value in itertools.pairwise(words):
+        if word == "--watch" and value.startswith(f"{name}="):
+            return watcher.ProcessId.decode(value.split("=", 1)[1]).pid
+    raise AssertionError(f"the watcher (pid {watcher_pid}) of shell {shell} watches no {name}: {words}")
 
 
 def cmdline(pid: int) -> str:

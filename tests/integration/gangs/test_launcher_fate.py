@@ -31,7 +31,7 @@ from rayfleet.launcher import (
 )
 from rayfleet.launcher.watcher import ProcessId
 from rayfleet.provisioning.local import RunningCluster
-from tests.integration.gangs.processes import ancestor, cmdline, group_command, recorded, wait_gone
+from tests.integration.gangs.processes import cmdline, group_command, recorded, wait_gone, watched
 from tests.polling import poll
 
 pytestmark = pytest.mark.integration
@@ -61,7 +61,7 @@ def start_command(
     client = JobSubmissionClient(cluster.address)
     job = client.submit_job(entrypoint=wrapped, runtime_env=merge_runtime_env(None, additions), entrypoint_num_cpus=0)
     command = recorded(pids, survivors, timeout=90, describe=lambda: f"no command: {client.get_job_logs(job)}")
-    raylet = ancestor(command[0].pid, "raylet")
+    raylet = watched(command[0].pid, "raylet")
     assert cluster.temp_dir in cmdline(raylet), cmdline(raylet)
     return job, command, raylet
 

@@ -122,6 +122,46 @@ def test_the_group_goes_when_the_worker_is_killed(tmp_path: Path, survivors: lis
     wait_gone(shell, child, timeout=10, after="the worker was killed")
 
 
+@pytest.mark.parametrize("detach", [True, False], ids=["detached", "child"])
+def test_a_worker_that_kills_its_children_as_it_exits_cannot_leave_the_command_behind(
+    detach: bool, tmp_path: Path, survivors: list[ProcessId]
+) -> None:
+    """A Ray worker that exits SIGKILLs its direct children (RAY_kill_child_processes_on_worker_exit): a watcher that
+    is one of them dies before it can stop the command, and the command's background child runs on (the shell dies
+    of its parent-death signal only). Detached, the watcher is not the worker's child, and stops the whole group. The
+    stand-in worker kills its children (found in /proc, after it has started the watcher) and then itself."""
+    pids, children = tmp_path / "pids", tmp_path / "children"
+    worker_code = textwrap.dedent(f"""
+        import os, signal, socket, subprocess, sys, time
+        sys.path.insert(0, {str(Path(watcher.__file__).parent)!r})
+        import watcher  # the module alone: standard library only
+        ours, theirs = socket.socketpair()
+        argv = watcher.watcher_argv(sys.executable, watcher.__file__, sys.argv[1], lifeline=theirs.fileno(),
+                                    watch={{}}, grace_s={GRACE_S}, detach={detach})
+        first = subprocess.Popen(argv, start_new_session=True, pass_fds=(theirs.fileno(),), stdout=subprocess.DEVNULL)
+        theirs.close()
+        while not os.path.exists(sys.argv[2]):
+            time.sleep(0.05)
+        if {detach}:
+            first.wait()  # the first process exits at once; the watcher is its child, reparented
+        mine = [p for p, st in watcher.process_table().items() if st.ppid == os.getpid()]
+        open(sys.argv[3], "w").write(" ".join(map(str, mine)))
+        for pid in mine:  # as an exiting Ray worker does
+            os.kill(pid, signal.SIGKILL)
+        os._exit(0)
+    """)
+    worker = subprocess.Popen([sys.executable, "-c", worker_code, group_command(pids), str(pids), str(children)])
+    survivors.append(watcher.identify(worker.pid))
+    shell, child = recorded(pids, survivors)
+    worker.wait(timeout=30)
+    if detach:
+        wait_gone(shell, child, timeout=10, after="the worker killed its children and exited")
+        assert children.read_text().split() == []  # the watcher was not among them
+    else:  # the hole the detach closes: the background child outlives its killed watcher
+        wait_gone(shell, timeout=10, after="the watcher was killed (parent-death signal)")
+        assert not gone(child) and len(children.read_text().split()) == 1
+
+
 @pytest.mark.parametrize("name", ["raylet", "launcher"])
 def test_the_group_goes_when_a_watched_process_exits(name: str, tmp_path: Path, survivors: list[ProcessId]) -> None:
     pids = tmp_path / "pids"
