@@ -351,27 +351,20 @@ class Ledger:
     def acquire_lease(self, name: str, holder: str, ttl_s: float) -> Lease | None:
         """Take the lease ``name`` for ``ttl_s`` seconds, or renew it if ``holder`` has it. Returns None while another
         holder's lease has not expired. A new holder (or the same one after its lease expired) gets a new epoch."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                now = self.clock()
-                row = self._conn.execute(
-                    "SELECT holder, epoch, expires_at FROM leases WHERE name = ?", (name,)
-                ).fetchone()
-                if row is not None and row[2] > now and row[0] != holder:
-                    self._conn.execute("ROLLBACK")
-                    return None
-                epoch = row[1] if row is not None and row[0] == holder and row[2] > now else (row[1] + 1 if row else 1)
-                self._conn.execute(
-                    "INSERT INTO leases VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, "
-                    "epoch = excluded.epoch, expires_at = excluded.expires_at",
-                    (name, holder, epoch, now + ttl_s),
-                )
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-            return Lease(name, holder, epoch, now + ttl_s)
+        taken = None
+        with self._tx() as tx:
+            now = self.clock()
+            row = tx.execute("SELECT holder, epoch, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[2] > now and row[0] != holder:
+                raise _Rollback  # another holder's lease runs
+            epoch = row[1] if row is not None and row[0] == holder and row[2] > now else (row[1] + 1 if row else 1)
+            tx.execute(
+                "INSERT INTO leases VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, "
+                "epoch = excluded.epoch, expires_at = excluded.expires_at",
+                (name, holder, epoch, now + ttl_s),
+            )
+            taken = Lease(name, holder, epoch, now + ttl_s)
+        return taken
 
     def renew_lease(self, lease: Lease, ttl_s: float) -> Lease:
         """Extend a lease this process holds. Raises `LeaseLostError` when it expired or another holder took it."""

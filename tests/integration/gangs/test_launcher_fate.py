@@ -95,7 +95,7 @@ def test_the_command_dies_with_the_head(cluster: RunningCluster, tmp_path: Path,
 
 
 ORPHAN = """
-import os, signal, sys, time
+import os, signal, sys
 from rayfleet.launcher import runner
 
 def on_sigterm(signum, frame):
@@ -107,7 +107,7 @@ runner._follow_parent(interval=0.05, exit_after=30)
 with open(sys.argv[1] + ".tmp", "w") as f:
     f.write(f"{os.getpid()}")
 os.rename(sys.argv[1] + ".tmp", sys.argv[1])
-time.sleep(300)
+signal.pause()  # until its SIGTERM handler exits it
 """
 
 

@@ -104,7 +104,7 @@ def test_the_group_goes_when_the_worker_is_killed(tmp_path: Path, survivors: lis
     """A stand-in worker, killed with SIGKILL: it cannot clean up, its lifeline closes with it."""
     pids = tmp_path / "pids"
     worker_code = textwrap.dedent(f"""
-        import os, socket, subprocess, sys, time
+        import os, signal, socket, subprocess, sys
         sys.path.insert(0, {str(Path(watcher.__file__).parent)!r})
         import watcher  # the module alone: standard library only
         ours, theirs = socket.socketpair()
@@ -112,7 +112,7 @@ def test_the_group_goes_when_the_worker_is_killed(tmp_path: Path, survivors: lis
                                     watch={{"worker": watcher.identify(os.getpid())}}, grace_s={GRACE_S})
         subprocess.Popen(argv, start_new_session=True, pass_fds=(theirs.fileno(),), stdout=subprocess.DEVNULL)
         theirs.close()
-        time.sleep(300)
+        signal.pause()  # until the test SIGKILLs it
     """)
     worker = subprocess.Popen([sys.executable, "-c", worker_code, group_command(pids)])
     survivors.append(watcher.identify(worker.pid))
@@ -132,7 +132,7 @@ def test_a_worker_that_kills_its_children_as_it_exits_cannot_leave_the_command_b
     stand-in worker kills its children (found in /proc, after it has started the watcher) and then itself."""
     pids, children = tmp_path / "pids", tmp_path / "children"
     worker_code = textwrap.dedent(f"""
-        import os, signal, socket, subprocess, sys, time
+        import os, signal, socket, subprocess, sys
         sys.path.insert(0, {str(Path(watcher.__file__).parent)!r})
         import watcher  # the module alone: standard library only
         ours, theirs = socket.socketpair()
@@ -140,20 +140,20 @@ def test_a_worker_that_kills_its_children_as_it_exits_cannot_leave_the_command_b
                                     watch={{}}, grace_s={GRACE_S}, detach={detach})
         first = subprocess.Popen(argv, start_new_session=True, pass_fds=(theirs.fileno(),), stdout=subprocess.DEVNULL)
         theirs.close()
-        while not os.path.exists(sys.argv[2]):
-            time.sleep(0.05)
+        sys.stdin.readline()  # the test says when the command runs (it has read its pids)
         if {detach}:
             first.wait()  # the first process exits at once; the watcher is its child, reparented
         mine = [p for p, st in watcher.process_table().items() if st.ppid == os.getpid()]
-        open(sys.argv[3], "w").write(" ".join(map(str, mine)))
+        open(sys.argv[2], "w").write(" ".join(map(str, mine)))
         for pid in mine:  # as an exiting Ray worker does
             os.kill(pid, signal.SIGKILL)
         os._exit(0)
     """)
-    worker = subprocess.Popen([sys.executable, "-c", worker_code, group_command(pids), str(pids), str(children)])
+    worker = subprocess.Popen([sys.executable, "-c", worker_code, group_command(pids), str(children)],
+                              stdin=subprocess.PIPE)  # fmt: skip
     survivors.append(watcher.identify(worker.pid))
     shell, child = recorded(pids, survivors)
-    worker.wait(timeout=30)
+    worker.communicate(b"go\n", timeout=30)
     if detach:
         wait_gone(shell, child, timeout=10, after="the worker killed its children and exited")
         assert children.read_text().split() == []  # the watcher was not among them
