@@ -1,11 +1,14 @@
-"""The ledger: a SQLite file recording every job, attempt and state change, before the world changes.
+"""The ledger: a database recording every job, attempt and state change, before the world changes.
 
-Transitions are append-only and checked against the one state machine (`rayfleet.states`), inside an immediate
-transaction, so two processes sharing the file cannot both move an attempt, and a terminal state is final.
+A SQLite file by default, through SQLAlchemy Core; its schema is made and changed by Alembic (`rayfleet.schema`
+describes it, `rayfleet/migrations/` changes it). Transitions are append-only and checked against the one state
+machine (`rayfleet.states`), inside a write transaction that locks the database first (SQLite's ``BEGIN
+IMMEDIATE``), so two processes sharing the file cannot both move an attempt, and a terminal state is final.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -17,114 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import URL, Connection, Engine, create_engine, event, exc, inspect, update
+
+from rayfleet import schema
+from rayfleet import statements as q
 from rayfleet.errors import JobNotFoundError, LeaseLostError, LedgerError
 from rayfleet.resources import Resources
-from rayfleet.states import TERMINAL, JobState, can_move
-
-# the states in which an attempt may hold resources its cluster's probes do not show yet
-HOLDING_STATES = (JobState.PLACED, JobState.SUBMITTED, JobState.STARTING, JobState.RUNNING)
+from rayfleet.states import JobState, can_move
 
 LEDGER_ENV = "RAYFLEET_LEDGER"
-
-MIGRATIONS: tuple[str, ...] = (
-    # 1: jobs, attempts, append-only transitions
-    """
-    CREATE TABLE jobs (
-        id          TEXT PRIMARY KEY,
-        created_at  REAL NOT NULL,
-        entrypoint  TEXT NOT NULL,
-        request     TEXT NOT NULL,            -- JSON: resources, labels, cluster pin, policy
-        runtime_env TEXT,                     -- JSON, as given
-        metadata    TEXT,                     -- JSON, as given
-        parent_id   TEXT
-    );
-    CREATE TABLE attempts (
-        submission_id TEXT PRIMARY KEY,
-        job_id        TEXT NOT NULL REFERENCES jobs(id),
-        n             INTEGER NOT NULL,
-        cluster       TEXT NOT NULL,
-        node_id       TEXT,
-        accelerator   TEXT,
-        created_at    REAL NOT NULL,
-        UNIQUE (job_id, n)
-    );
-    CREATE TABLE transitions (
-        seq           INTEGER PRIMARY KEY AUTOINCREMENT,
-        job_id        TEXT NOT NULL REFERENCES jobs(id),
-        submission_id TEXT REFERENCES attempts(submission_id),
-        state         TEXT NOT NULL,
-        at            REAL NOT NULL,
-        detail        TEXT
-    );
-    CREATE INDEX transitions_by_attempt ON transitions (submission_id, seq);
-    CREATE INDEX transitions_by_job ON transitions (job_id, seq);
-    CREATE INDEX jobs_by_time ON jobs (created_at);
-    CREATE TRIGGER transitions_append_only_u BEFORE UPDATE ON transitions
-        BEGIN SELECT RAISE(ABORT, 'transitions are append-only'); END;
-    CREATE TRIGGER transitions_append_only_d BEFORE DELETE ON transitions
-        BEGIN SELECT RAISE(ABORT, 'transitions are append-only'); END;
-    """,
-    # 2: clusters created on demand, and the logs of jobs saved before their cluster is deleted
-    """
-    CREATE TABLE managed_clusters (
-        name         TEXT PRIMARY KEY,
-        provisioner  TEXT NOT NULL,
-        template     TEXT NOT NULL,
-        namespace    TEXT NOT NULL DEFAULT '',
-        state        TEXT NOT NULL,           -- CREATING, READY, DELETED, FAILED
-        address      TEXT,
-        labels       TEXT,                    -- JSON
-        idle_ttl_s   REAL NOT NULL,
-        created_at   REAL NOT NULL,
-        ready_at     REAL,
-        last_busy_at REAL,
-        ended_at     REAL,
-        detail       TEXT
-    );
-    CREATE TABLE saved_logs (
-        submission_id TEXT PRIMARY KEY REFERENCES attempts(submission_id),
-        saved_at      REAL NOT NULL,
-        logs          TEXT NOT NULL
-    );
-    """,
-    # 3: the Ray session an attempt was submitted into (a new session proves the attempt lost), and lookups by
-    # cluster and by parent (stopping a job stops its children)
-    """
-    ALTER TABLE attempts ADD COLUMN session TEXT;
-    CREATE INDEX attempts_by_cluster ON attempts (cluster);
-    CREATE INDEX jobs_by_parent ON jobs (parent_id);
-    """,
-    # 4: the cluster a PROVISIONING job waits for, and when a managed cluster's creation was asked of its provisioner
-    # (a CREATING record never asked was left by a creator that stopped in between: the next loop asks)
-    """
-    ALTER TABLE transitions ADD COLUMN cluster TEXT;
-    ALTER TABLE managed_clusters ADD COLUMN asked_at REAL;
-    """,
-    # 5: holds follow the attempt: what an attempt holds until a probe shows it (its bundles, the node each was
-    # placed on and that node's usage then), the latest time it may still be reserving, and its reservation once
-    # its launcher reported it (when, and the node of each bundle)
-    """
-    ALTER TABLE attempts ADD COLUMN bundles TEXT;
-    ALTER TABLE attempts ADD COLUMN hold_window_s REAL;
-    ALTER TABLE attempts ADD COLUMN hold_until REAL;
-    CREATE INDEX attempts_by_hold ON attempts (hold_until);
-    CREATE TABLE reservations (
-        submission_id TEXT PRIMARY KEY REFERENCES attempts(submission_id),
-        reserved_at   REAL NOT NULL,
-        nodes         TEXT NOT NULL       -- JSON: the node of each bundle, in bundle order
-    );
-    """,
-    # 6: leases: one holder at a time of a duty (the dispatch loop), with an epoch that grows with each new holder and
-    # an expiry; a writer acting under a lease has every transaction checked against it (`Ledger.fenced`)
-    """
-    CREATE TABLE leases (
-        name       TEXT PRIMARY KEY,
-        holder     TEXT NOT NULL,
-        epoch      INTEGER NOT NULL,
-        expires_at REAL NOT NULL
-    );
-    """,
-)
 
 
 def default_path() -> Path:
@@ -264,7 +168,8 @@ class Ledger:
     """The durable record of jobs on this machine.
 
     Args:
-        path: the SQLite file; created (readable by the user only) with its directory if missing.
+        path: the SQLite file; created (readable by the user only) with its directory if missing, and migrated to
+            this rayfleet's schema.
         clock: wall-clock seconds stamped on records (tests pass one they move by hand).
 
     Example:
@@ -274,77 +179,84 @@ class Ledger:
 
     path: Path | str | None = None
     clock: Callable[[], float] = field(default=time.time, repr=False)  # the time stamped on every record
-    _conn: sqlite3.Connection = field(init=False, repr=False)
+    _engine: Engine = field(init=False, repr=False)
+    _db: Connection = field(init=False, repr=False)  # the one connection, used under _lock, always in a transaction
     _lock: threading.RLock = field(init=False, repr=False, default_factory=threading.RLock)
     _fence: threading.local = field(init=False, repr=False, default_factory=threading.local)  # per thread: its lease
 
     def __post_init__(self) -> None:
         self.path = Path(self.path).expanduser() if self.path else default_path()
-        self._conn = self._open(self.path)
+        try:
+            self._engine = _engine(self.path)
+            self._db = self._engine.connect()
+            self._migrate()
+        except (OSError, ValueError, sqlite3.Error, exc.SQLAlchemyError) as e:  # ValueError: a NUL byte in the path
+            raise LedgerError(
+                f"cannot open the ledger at {self.path}: {getattr(e, 'orig', None) or e}",
+                f"give a writable file path (Fleet(ledger=...), ledger: in the fleet file, or ${LEDGER_ENV})",
+            ) from None
 
     # ----- opening and migrations ---------------------------------------------------------------------------------
 
-    @staticmethod
-    def _open(path: Path) -> sqlite3.Connection:
-        try:
-            if not path.parent.exists():
-                path.parent.mkdir(parents=True, mode=0o700)
-            if not path.exists():  # create it private before SQLite does; -wal/-shm files inherit the mode
-                os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):  # before anything changes the file
-                conn.close()
+    def _migrate(self) -> None:
+        """Bring the schema to this rayfleet's newest revision, in one write transaction (two processes opening a
+        new ledger at once: the second finds it done). A ledger from before Alembic (only SQLite's user_version)
+        is stamped with the revision that version stands for first."""
+        with self._tx() as tx:
+            current = _revision(tx)
+            if current == schema.HEAD:
+                return
+            if current is not None and not (current.isdigit() and int(current) < schema.SCHEMA_VERSION):
                 raise LedgerError(
-                    f"the ledger at {path} has schema version {version}, newer than this rayfleet knows "
-                    f"({len(MIGRATIONS)})",
+                    f"the ledger at {self.path} has schema revision {current}, not one this rayfleet knows "
+                    f"(its newest is {schema.HEAD})",
                     "upgrade rayfleet, or point it at another ledger file",
                 )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes, fsync at checkpoints
-            conn.execute("PRAGMA foreign_keys=ON")
-        except (OSError, ValueError, sqlite3.Error) as e:  # ValueError: a NUL byte in the path
-            raise LedgerError(
-                f"cannot open the ledger at {path}: {e}",
-                f"give a writable file path (Fleet(ledger=...), ledger: in the fleet file, or ${LEDGER_ENV})",
-            ) from None
-        for number in range(version, len(MIGRATIONS)):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if conn.execute("PRAGMA user_version").fetchone()[0] == number:  # another process may have migrated
-                    for statement in MIGRATIONS[number].split(";\n"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {number + 1}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return conn
+            from alembic import command  # only when there is something to migrate: it costs a few hundred ms
+            from alembic.config import Config
+
+            config = Config()
+            config.set_main_option("script_location", "rayfleet:migrations")
+            config.attributes["connection"] = tx
+            if current is None and (legacy := tx.exec_driver_sql("PRAGMA user_version").scalar()):
+                command.stamp(config, f"{legacy:04d}")
+            command.upgrade(config, schema.HEAD)
+            tx.exec_driver_sql(f"PRAGMA user_version = {schema.SCHEMA_VERSION}")
 
     @property
     def schema_version(self) -> int:
-        return self._conn.execute("PRAGMA user_version").fetchone()[0]
+        with self._read() as db:
+            return int(_revision(db) or 0)
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._db.close()
+            self._engine.dispose()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[Connection]:
+        """A write transaction: it takes the database's write lock first (waiting up to 30 s for another
+        writer), checks this thread's lease if it acts under one, and commits unless an exception leaves it."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._db.info["write"] = True  # read by the begin hook: BEGIN IMMEDIATE
+            tx = self._db.begin()
             try:
                 if (lease := getattr(self._fence, "lease", None)) is not None:
-                    self._check(self._conn, lease)
-                yield self._conn
+                    self._check(self._db, lease)
+                yield self._db
             except _Rollback:
-                self._conn.execute("ROLLBACK")
+                tx.rollback()
                 return
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                tx.rollback()
                 raise
-            self._conn.execute("COMMIT")
+            tx.commit()
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A read transaction: one consistent view of the ledger, no lock held against writers."""
+        with self._lock, self._db.begin():
+            yield self._db
 
     # ----- leases -------------------------------------------------------------------------------------------------
 
@@ -354,16 +266,12 @@ class Ledger:
         taken = None
         with self._tx() as tx:
             now = self.clock()
-            row = tx.execute("SELECT holder, epoch, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
-            if row is not None and row[2] > now and row[0] != holder:
+            row = tx.execute(q.lease, {"lease": name}).first()
+            if row is not None and row.expires_at > now and row.holder != holder:
                 raise _Rollback  # another holder's lease runs
-            epoch = row[1] if row is not None and row[0] == holder and row[2] > now else (row[1] + 1 if row else 1)
-            tx.execute(
-                "INSERT INTO leases VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, "
-                "epoch = excluded.epoch, expires_at = excluded.expires_at",
-                (name, holder, epoch, now + ttl_s),
-            )
-            taken = Lease(name, holder, epoch, now + ttl_s)
+            same = row is not None and row.holder == holder and row.expires_at > now
+            taken = Lease(name, holder, row.epoch if same else (row.epoch + 1 if row else 1), now + ttl_s)
+            tx.execute(q.put_lease, dataclasses.asdict(taken))
         return taken
 
     def renew_lease(self, lease: Lease, ttl_s: float) -> Lease:
@@ -371,21 +279,19 @@ class Ledger:
         with self._tx() as tx:
             self._check(tx, lease)
             now = self.clock()
-            tx.execute("UPDATE leases SET expires_at = ? WHERE name = ?", (now + ttl_s, lease.name))
+            tx.execute(q.renew_lease, {"lease": lease.name, "expires_at": now + ttl_s})
         return Lease(lease.name, lease.holder, lease.epoch, now + ttl_s)
 
     def release_lease(self, lease: Lease) -> None:
         """Give a lease up (it expires now), if this process still holds it."""
+        held = {"lease": lease.name, "lease_holder": lease.holder, "lease_epoch": lease.epoch}
         with self._tx() as tx:
-            tx.execute(
-                "UPDATE leases SET expires_at = ? WHERE name = ? AND holder = ? AND epoch = ?",
-                (self.clock(), lease.name, lease.holder, lease.epoch),
-            )
+            tx.execute(q.release_lease, {**held, "expires_at": self.clock()})
 
     def lease_holder(self, name: str) -> Lease | None:
         """Who holds the lease ``name`` (even if it has expired), or None if nobody ever took it."""
-        with self._lock:
-            row = self._conn.execute("SELECT holder, epoch, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+        with self._read() as db:
+            row = db.execute(q.lease, {"lease": name}).first()
         return Lease(name, *row) if row else None
 
     @contextmanager
@@ -399,8 +305,8 @@ class Ledger:
         finally:
             self._fence.lease = None
 
-    def _check(self, tx: sqlite3.Connection, lease: Lease) -> None:
-        row = tx.execute("SELECT holder, epoch, expires_at FROM leases WHERE name = ?", (lease.name,)).fetchone()
+    def _check(self, tx: Connection, lease: Lease) -> None:
+        row = tx.execute(q.lease, {"lease": lease.name}).first()
         if row is not None and (row[0], row[1]) == (lease.holder, lease.epoch) and row[2] > self.clock():
             return
         if row is not None and (row[0], row[1]) == (lease.holder, lease.epoch):
@@ -437,11 +343,11 @@ class Ledger:
                 self._insert_attempt(tx, job_id, attempt, now)
 
     @staticmethod
-    def _insert_job(tx: sqlite3.Connection, job_id: str, now: float, entrypoint: str, request: Mapping[str, Any],
+    def _insert_job(tx: Connection, job_id: str, now: float, entrypoint: str, request: Mapping[str, Any],
                     runtime_env: Any, metadata: Any, parent_id: str | None) -> None:  # fmt: skip
+        row = {"id": job_id, "created_at": now, "entrypoint": entrypoint, "request": _dump(request)}
         tx.execute(
-            "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (job_id, now, entrypoint, _dump(request), _dump(runtime_env), _dump(metadata), parent_id),
+            q.add_job, {**row, "runtime_env": _dump(runtime_env), "metadata": _dump(metadata), "parent_id": parent_id}
         )
 
     def add_provisioning(
@@ -478,8 +384,7 @@ class Ledger:
                 if state not in (JobState.QUEUED, JobState.PROVISIONING, JobState.FAILED, JobState.LOST):
                     raise AttemptConflict(f"job {job_id} is {state.value}: not provisioning a cluster for it")
             if isinstance(cluster, str):  # one being created already
-                row = tx.execute("SELECT state FROM managed_clusters WHERE name = ?", (cluster,)).fetchone()
-                recorded = row is not None and row[0] == "CREATING"
+                recorded = tx.execute(q.managed_state, {"name": cluster}).scalar() == "CREATING"
             else:
                 recorded = self._insert_managed(tx, cluster, now)
             if not recorded:
@@ -509,8 +414,8 @@ class Ledger:
                 raise AttemptConflict(f"job {job_id} is {state.value} with {last_n} attempts: not placing again")
             try:
                 self._insert_attempt(tx, job_id, attempt, self.clock())
-            except sqlite3.IntegrityError as e:
-                raise AttemptConflict(f"attempt {attempt['n']} of job {job_id} exists: {e}") from None
+            except exc.IntegrityError as e:
+                raise AttemptConflict(f"attempt {attempt['n']} of job {job_id} exists: {e.orig}") from None
 
     def requeue(self, job_id: str, detail: str) -> bool:
         """Put a job whose newest attempt failed or was lost, or whose cluster could not be created, back in the
@@ -524,46 +429,29 @@ class Ledger:
             return True
 
     @staticmethod
-    def _effective(tx: sqlite3.Connection, job_id: str) -> tuple[JobState, int]:
+    def _effective(tx: Connection, job_id: str) -> tuple[JobState, int]:
         """(the job's state now, the number of its newest attempt or 0). Raises `JobNotFoundError`."""
-        own = tx.execute(
-            "SELECT state, seq FROM transitions WHERE job_id = ? AND submission_id IS NULL ORDER BY seq DESC LIMIT 1",
-            (job_id,),
-        ).fetchone()
-        last = tx.execute(
-            "SELECT a.n, t.state, t.seq FROM attempts a JOIN transitions t ON t.seq = "
-            "(SELECT MAX(seq) FROM transitions WHERE submission_id = a.submission_id) "
-            "WHERE a.job_id = ? ORDER BY a.n DESC LIMIT 1",
-            (job_id,),
-        ).fetchone()
+        own = tx.execute(q.own_state, {"job_id": job_id}).first()
+        last = tx.execute(q.newest_attempt, {"job_id": job_id}).first()
         if own is None and last is None:
-            if tx.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+            if tx.execute(q.job_exists, {"job_id": job_id}).first() is None:
                 raise JobNotFoundError(f"no job {job_id!r} in the ledger", "check the id with 'rayfleet jobs'")
             return JobState.QUEUED, 0
         if last is None:
-            return JobState(own[0]), 0
-        if own is not None and own[1] > last[2]:
-            return JobState(own[0]), last[0]
-        return JobState(last[1]), last[0]
+            return JobState(own.state), 0
+        if own is not None and own.seq > last.seq:
+            return JobState(own.state), last.n
+        return JobState(last.state), last.n
 
     @staticmethod
-    def _insert_attempt(tx: sqlite3.Connection, job_id: str, attempt: Mapping[str, Any], now: float) -> None:
+    def _insert_attempt(tx: Connection, job_id: str, attempt: Mapping[str, Any], now: float) -> None:
+        window = attempt.get("hold_window_s")
+        row = {k: attempt[k] for k in ("submission_id", "n", "cluster")}  # required: a KeyError names a missing one
+        row |= {k: attempt.get(k) for k in ("node_id", "accelerator", "session")}
+        bounds = {"hold_window_s": window, "hold_until": None if window is None else now + window}
         tx.execute(
-            "INSERT INTO attempts (submission_id, job_id, n, cluster, node_id, accelerator, created_at, session, "
-            "bundles, hold_window_s, hold_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                attempt["submission_id"],
-                job_id,
-                attempt["n"],
-                attempt["cluster"],
-                attempt.get("node_id"),
-                attempt.get("accelerator"),
-                now,
-                attempt.get("session"),
-                _dump(attempt.get("bundles")),
-                (window := attempt.get("hold_window_s")),
-                None if window is None else now + window,
-            ),
+            q.add_attempt,
+            {**row, "job_id": job_id, "created_at": now, "bundles": _dump(attempt.get("bundles")), **bounds},
         )
         _transition(tx, job_id, attempt["submission_id"], JobState.PLACED, now, attempt.get("detail"))
 
@@ -578,27 +466,18 @@ class Ledger:
             JobNotFoundError: no such attempt.
         """
         with self._tx() as tx:
-            row = tx.execute(
-                "SELECT a.job_id, t.state FROM attempts a LEFT JOIN transitions t ON t.seq = "
-                "(SELECT MAX(seq) FROM transitions WHERE submission_id = a.submission_id) "
-                "WHERE a.submission_id = ?",
-                (submission_id,),
-            ).fetchone()
+            row = tx.execute(q.attempt_state, {"submission_id": submission_id}).first()
             if row is None:
                 raise JobNotFoundError(
                     f"no attempt {submission_id!r} in the ledger", "check the id with 'rayfleet jobs'"
                 )
-            job_id, old = row[0], JobState(row[1]) if row[1] else None
+            old = JobState(row.state) if row.state else None
             if old == state or not can_move(old, state):
                 return False
             now = self.clock()
-            _transition(tx, job_id, submission_id, state, now, detail)
+            _transition(tx, row.job_id, submission_id, state, now, detail)
             if state in (JobState.SUBMITTED, JobState.STARTING):  # each step of the start renews the hold's bound
-                tx.execute(
-                    "UPDATE attempts SET hold_until = MAX(hold_until, ? + hold_window_s) "
-                    "WHERE submission_id = ? AND hold_window_s IS NOT NULL",
-                    (now, submission_id),
-                )
+                tx.execute(q.renew_hold, {"sid": submission_id, "now": now})
             return True
 
     def record_job(self, job_id: str, state: JobState, detail: str | None = None) -> bool:
@@ -637,19 +516,13 @@ class Ledger:
             return self._insert_managed(tx, cluster, self.clock())
 
     @staticmethod
-    def _insert_managed(tx: sqlite3.Connection, cluster: NewCluster, now: float) -> bool:
-        if cluster.cap is not None:
-            (live,) = tx.execute(
-                "SELECT COUNT(*) FROM managed_clusters WHERE provisioner = ? AND state IN ('CREATING', 'READY')",
-                (cluster.provisioner,),
-            ).fetchone()
-            if live >= cluster.cap:
-                return False
-        tx.execute(
-            "INSERT INTO managed_clusters (name, provisioner, template, namespace, state, idle_ttl_s, created_at) "
-            "VALUES (?, ?, ?, ?, 'CREATING', ?, ?)",
-            (cluster.name, cluster.provisioner, cluster.template, cluster.namespace, cluster.idle_ttl_s, now),
-        )
+    def _insert_managed(tx: Connection, cluster: NewCluster, now: float) -> bool:
+        live = None if cluster.cap is None else tx.execute(q.live_managed_count, {"provisioner": cluster.provisioner})
+        if live is not None and live.scalar_one() >= cluster.cap:
+            return False
+        row = {"name": cluster.name, "provisioner": cluster.provisioner, "template": cluster.template}
+        more = {"namespace": cluster.namespace, "idle_ttl_s": cluster.idle_ttl_s, "created_at": now}
+        tx.execute(q.add_managed, {**row, **more, "state": "CREATING"})
         return True
 
     def update_managed(self, name: str, **fields: Any) -> None:
@@ -660,16 +533,15 @@ class Ledger:
             raise LedgerError(f"cannot update {sorted(unknown)} of a managed cluster", f"use {sorted(allowed)}")
         if "labels" in fields:
             fields["labels"] = _dump(fields["labels"])
-        sets = ", ".join(f"{k} = ?" for k in fields)
+        managed = schema.managed_clusters
         with self._tx() as tx:
-            tx.execute(f"UPDATE managed_clusters SET {sets} WHERE name = ?", (*fields.values(), name))
+            tx.execute(update(managed).where(managed.c.name == name).values(**fields))
 
     def managed(self, *, live_only: bool = True) -> list[ManagedClusterRecord]:
         """Managed clusters, oldest first; by default those not yet DELETED or FAILED."""
-        where = "WHERE state IN ('CREATING', 'READY')" if live_only else ""
-        with self._lock:
-            rows = self._conn.execute(f"SELECT * FROM managed_clusters {where} ORDER BY created_at").fetchall()
-        return [ManagedClusterRecord(*row[:6], _load_json(row[6]) or {}, *row[7:]) for row in rows]
+        with self._read() as db:
+            rows = db.execute(q.live_managed if live_only else q.all_managed).mappings().all()
+        return [ManagedClusterRecord(**{**row, "labels": _load_json(row["labels"]) or {}}) for row in rows]
 
     def managed_record(self, name: str) -> ManagedClusterRecord | None:
         """One managed cluster, whatever its state."""
@@ -677,39 +549,28 @@ class Ledger:
 
     def jobs_on(self, cluster: str) -> list[JobRecord]:
         """Jobs with an attempt on ``cluster``."""
-        return self._load("WHERE j.id IN (SELECT job_id FROM attempts WHERE cluster = ?)", (cluster,))
+        return self._load(q.jobs_on, {"cluster": cluster})
 
     def save_logs(self, submission_id: str, logs: str) -> None:
         """Keep an attempt's final logs (its cluster is about to be deleted)."""
         with self._tx() as tx:
-            tx.execute("INSERT OR REPLACE INTO saved_logs VALUES (?, ?, ?)", (submission_id, self.clock(), logs))
+            tx.execute(q.save_logs, {"submission_id": submission_id, "saved_at": self.clock(), "logs": logs})
 
     def saved_logs(self, submission_id: str) -> str | None:
-        with self._lock:
-            row = self._conn.execute("SELECT logs FROM saved_logs WHERE submission_id = ?", (submission_id,)).fetchone()
-        return row[0] if row else None
+        with self._read() as db:
+            return db.execute(q.saved_logs_of, {"submission_id": submission_id}).scalar()
 
     def record_reservation(self, submission_id: str, nodes: Sequence[str], at: float) -> bool:
         """Record that an attempt's launcher holds its reservation (first report only). Returns whether it was new."""
         with self._tx() as tx:
-            cursor = tx.execute(
-                "INSERT OR IGNORE INTO reservations VALUES (?, ?, ?)", (submission_id, at, json.dumps(list(nodes)))
-            )
-            return cursor.rowcount > 0
+            row = {"submission_id": submission_id, "reserved_at": at, "nodes": _dump(list(nodes))}
+            return tx.execute(q.add_reservation, row).rowcount > 0
 
     def holding(self, now: float) -> list[HeldAttempt]:
         """Attempts that may still hold resources the probes do not show: placed, not ended, not past their
         ``hold_until``. Indexed by ``hold_until``, so the cost does not grow with the ledger's history."""
-        active = ", ".join(repr(s.value) for s in HOLDING_STATES)
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT a.submission_id, a.cluster, a.bundles, a.hold_until, t.state, t.at, r.reserved_at, r.nodes "
-                "FROM attempts a JOIN transitions t ON t.seq = "
-                "(SELECT MAX(seq) FROM transitions WHERE submission_id = a.submission_id) "
-                "LEFT JOIN reservations r ON r.submission_id = a.submission_id "
-                f"WHERE a.hold_until > ? AND t.state IN ({active})",
-                (now,),
-            ).fetchall()
+        with self._read() as db:
+            rows = db.execute(q.holding, {"now": now}).all()
         return [
             HeldAttempt(
                 sid,
@@ -737,102 +598,72 @@ class Ledger:
 
     def queued(self) -> list[JobRecord]:
         """Jobs waiting in the queue (QUEUED, never placed or placed back), oldest first."""
-        jobs = self._load(
-            "WHERE j.id IN (SELECT job_id FROM transitions q WHERE q.submission_id IS NULL AND q.state = 'QUEUED' "
-            "AND q.seq = (SELECT MAX(seq) FROM transitions WHERE job_id = q.job_id AND submission_id IS NULL)) "
-            "ORDER BY j.created_at",
-            (),
-        )
+        jobs = self._load(q.jobs_whose_own_state, {"state": JobState.QUEUED.value})
         return [j for j in jobs if j.state is JobState.QUEUED]
 
     def provisioning(self) -> list[JobRecord]:
         """Jobs waiting for a cluster being created for them (`JobRecord.awaits` names it), oldest first."""
-        jobs = self._load(
-            "WHERE j.id IN (SELECT job_id FROM transitions q WHERE q.submission_id IS NULL "
-            "AND q.state = 'PROVISIONING' "
-            "AND q.seq = (SELECT MAX(seq) FROM transitions WHERE job_id = q.job_id AND submission_id IS NULL)) "
-            "ORDER BY j.created_at",
-            (),
-        )
+        jobs = self._load(q.jobs_whose_own_state, {"state": JobState.PROVISIONING.value})
         return [j for j in jobs if j.state is JobState.PROVISIONING]
 
     def active(self) -> list[JobRecord]:
         """Jobs with an attempt that is not terminal (any attempt: a stale one on a rejoined cluster counts)."""
-        return self._load(
-            "WHERE j.id IN (SELECT a.job_id FROM attempts a JOIN transitions t ON t.seq = "
-            "(SELECT MAX(seq) FROM transitions WHERE submission_id = a.submission_id) "
-            f"WHERE t.state NOT IN ({', '.join(repr(s.value) for s in TERMINAL)})) ORDER BY j.created_at",
-            (),
-        )
+        return self._load(q.active_jobs)
 
     def children(self, job_id: str) -> list[JobRecord]:
         """Jobs submitted from inside this job (nested dispatch)."""
-        return self._load("WHERE j.parent_id = ? ORDER BY j.created_at", (job_id,))
+        return self._load(q.children, {"parent_id": job_id})
 
     def job(self, job_id: str) -> JobRecord:
         """The job with this id. Raises `JobNotFoundError`."""
-        jobs = self._load("WHERE j.id = ?", (job_id,))
+        jobs = self._load(q.job, {"job_id": job_id})
         if not jobs:
             raise JobNotFoundError(f"no job {job_id!r} in the ledger {self.path}", "list jobs with 'rayfleet jobs'")
         return jobs[0]
 
     def jobs(self, *, limit: int = 100, active_only: bool = False) -> list[JobRecord]:
         """The newest jobs first; with ``active_only``, those whose state is not terminal."""
-        jobs = self._load("ORDER BY j.created_at DESC LIMIT ?", (limit if not active_only else -1,))
+        jobs = self._load(q.newest_jobs, {"limit": -1 if active_only else limit})  # -1: no limit
         if active_only:
             jobs = [j for j in jobs if not j.state.is_terminal()][:limit]
         return jobs
 
     def history(self, submission_id: str) -> list[tuple[JobState, float, str | None]]:
         """Every state an attempt went through, oldest first."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT state, at, detail FROM transitions WHERE submission_id = ? ORDER BY seq",
-                (submission_id,),
-            ).fetchall()
+        with self._read() as db:
+            rows = db.execute(q.history, {"submission_id": submission_id}).all()
         return [(JobState(s), at, d) for s, at, d in rows]
 
-    def _load(self, where: str, params: tuple[Any, ...]) -> list[JobRecord]:
-        with self._lock:
-            jobs = self._conn.execute(
-                f"SELECT j.id, j.created_at, j.entrypoint, j.request, j.runtime_env, j.metadata, j.parent_id, "
-                f"(SELECT seq || '|' || state || '|' || COALESCE(cluster, '') || '|' || COALESCE(detail, '') "
-                f"FROM transitions t WHERE t.job_id = j.id "
-                f"AND t.submission_id IS NULL ORDER BY seq DESC LIMIT 1) FROM jobs j {where}",
-                params,
-            ).fetchall()
-            ids = [row[0] for row in jobs]
-            attempts: dict[str, list[AttemptRecord]] = {i: [] for i in ids}
-            if ids:
-                marks = ",".join("?" * len(ids))
-                for row in self._conn.execute(
-                    "SELECT a.submission_id, a.job_id, a.n, a.cluster, a.node_id, a.accelerator, a.created_at, "
-                    "t.state, t.at, t.detail, a.session, t.seq, r.reserved_at FROM attempts a JOIN transitions t "
-                    "ON t.seq = (SELECT MAX(seq) FROM transitions WHERE submission_id = a.submission_id) "
-                    "LEFT JOIN reservations r ON r.submission_id = a.submission_id "
-                    f"WHERE a.job_id IN ({marks}) ORDER BY a.n",
-                    ids,
-                ):
-                    attempts[row[1]].append(AttemptRecord(*row[:7], JobState(row[7]), *row[8:]))
-        out = []
-        for jid, created, entrypoint, request, runtime_env, metadata, parent, job_state in jobs:
-            seq, state, awaits, detail = (job_state or "0|QUEUED||").split("|", 3)
-            out.append(
-                JobRecord(
-                    jid,
-                    created,
-                    entrypoint,
-                    json.loads(request),
-                    _load_json(runtime_env),
-                    _load_json(metadata),
-                    parent,
-                    tuple(attempts[jid]),
-                    JobState(state),
-                    detail or None,
-                    int(seq),
-                    awaits or None,
-                )
+    def _load(self, query: Any, params: Mapping[str, Any] | None = None) -> list[JobRecord]:
+        """The jobs a query of `rayfleet.statements` selects, each with its own newest state and its attempts."""
+        with self._read() as db:
+            jobs = db.execute(query, params).all()
+            attempts = self._attempts_of(db, [row.id for row in jobs])
+        return [
+            JobRecord(
+                row.id,
+                row.created_at,
+                row.entrypoint,
+                json.loads(row.request),
+                _load_json(row.runtime_env),
+                _load_json(row.metadata),
+                row.parent_id,
+                tuple(attempts.get(row.id, ())),
+                JobState(row.state or JobState.QUEUED.value),
+                row.detail or None,
+                row.seq or 0,
+                row.cluster or None,
             )
+            for row in jobs
+        ]
+
+    @staticmethod
+    def _attempts_of(db: Connection, ids: Sequence[str]) -> dict[str, list[AttemptRecord]]:
+        if not ids:
+            return {}
+        out: dict[str, list[AttemptRecord]] = {}
+        for row in db.execute(q.attempts_of, {"job_ids": list(ids)}):
+            out.setdefault(row[1], []).append(AttemptRecord(*row[:7], JobState(row[7]), *row[8:]))
         return out
 
 
@@ -861,8 +692,52 @@ class ManagedClusterRecord:
         return None if self.last_busy_at is None else self.last_busy_at + self.idle_ttl_s
 
 
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",  # WAL: durable across process crashes, fsync at checkpoints
+    "PRAGMA foreign_keys=ON",
+)
+
+
+def _engine(path: Path) -> Engine:
+    """An engine on the SQLite file ``path``, created private if missing, whose write transactions lock first."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+    if not path.exists():  # create it private before SQLite does; -wal/-shm files inherit the mode
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    engine = create_engine(
+        URL.create("sqlite", database=str(path)), connect_args={"timeout": 30, "check_same_thread": False}
+    )
+
+    def prepare(dbapi: sqlite3.Connection, _record: Any) -> None:
+        dbapi.isolation_level = None  # the driver begins nothing itself: `begin` below does, the way each needs
+        version = dbapi.execute("PRAGMA user_version").fetchone()[0]
+        if version > schema.SCHEMA_VERSION:  # before anything changes the file
+            raise LedgerError(
+                f"the ledger at {path} has schema version {version}, newer than this rayfleet knows "
+                f"({schema.SCHEMA_VERSION})",
+                "upgrade rayfleet, or point it at another ledger file",
+            )
+        for pragma in SQLITE_PRAGMAS:
+            dbapi.execute(pragma)
+
+    def begin(db: Connection) -> None:  # a writer takes the lock first: no deadlock between two upgrading readers
+        db.exec_driver_sql("BEGIN IMMEDIATE" if db.info.pop("write", False) else "BEGIN")
+
+    event.listen(engine, "connect", prepare)
+    event.listen(engine, "begin", begin)
+    return engine
+
+
+def _revision(db: Connection) -> str | None:
+    """The schema revision Alembic recorded, or None (a new ledger, or one from before Alembic)."""
+    if not inspect(db).has_table("alembic_version"):
+        return None
+    return db.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+
+
 def _transition(
-    tx: sqlite3.Connection,
+    tx: Connection,
     job_id: str,
     submission_id: str | None,
     state: JobState,
@@ -872,10 +747,8 @@ def _transition(
 ) -> None:
     """Append one transition: of an attempt (``submission_id``) or of the job itself (None); ``cluster`` is the
     cluster a PROVISIONING job waits for."""
-    tx.execute(
-        "INSERT INTO transitions (job_id, submission_id, state, at, detail, cluster) VALUES (?, ?, ?, ?, ?, ?)",
-        (job_id, submission_id, state.value, at, detail, cluster),
-    )
+    row = {"job_id": job_id, "submission_id": submission_id, "state": state.value, "at": at, "detail": detail}
+    tx.execute(q.add_transition, {**row, "cluster": cluster})
 
 
 def _dump(value: Any) -> str | None:

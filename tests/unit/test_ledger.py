@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from rayfleet.errors import JobNotFoundError, LedgerError
-from rayfleet.ledger import LEDGER_ENV, MIGRATIONS, AttemptConflict, Ledger, NewCluster, default_path
+from rayfleet.ledger import LEDGER_ENV, AttemptConflict, Ledger, NewCluster, default_path
 from rayfleet.resources import Resources
+from rayfleet.schema import SCHEMA_VERSION
 from rayfleet.states import JobState
+from tests.unit.legacy_schema import LEGACY_MIGRATIONS
 
 S = JobState
 REQUEST = {"resources": {"cpu": 2, "memory": 1024}, "labels": {"cloud": "gcp"}, "policy": "binpack"}
@@ -266,28 +268,60 @@ def test_a_missing_directory_is_created_private(tmp_path):
 
 
 def test_a_new_ledger_has_every_migration(ledger):
-    assert ledger.schema_version == len(MIGRATIONS) == 6
+    assert ledger.schema_version == SCHEMA_VERSION == 6
 
 
-def test_a_ledger_of_schema_1_is_migrated_and_keeps_its_jobs(path):
+def make_legacy_ledger(path, version: int) -> None:
+    """A ledger as rayfleet wrote it before Alembic, at schema ``version``, holding one queued job."""
     conn = sqlite3.connect(path)
-    for statement in MIGRATIONS[0].split(";\n"):
-        if statement.strip():
-            conn.execute(statement)
-    conn.execute("INSERT INTO jobs VALUES ('old', 1.0, 'true', '{}', NULL, NULL, NULL)")
-    conn.execute("INSERT INTO transitions VALUES (NULL, 'old', NULL, 'QUEUED', 1.0, NULL)")
-    conn.execute("PRAGMA user_version = 1")
+    for migration in LEGACY_MIGRATIONS[:version]:
+        for statement in migration.split(";\n"):
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute("INSERT INTO jobs (id, created_at, entrypoint, request) VALUES ('old', 1.0, 'true', '{}')")
+    conn.execute("INSERT INTO transitions (job_id, state, at) VALUES ('old', 'QUEUED', 1.0)")
+    conn.execute(f"PRAGMA user_version = {version}")
     conn.commit()
     conn.close()
 
+
+def schema_of(path) -> dict[str, list[tuple]]:
+    """Every table's columns (name, type affinity, not null, default, primary key), indexes and triggers."""
+    conn = sqlite3.connect(path)
+    try:
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        # a primary key counts as NOT NULL: the schemas before Alembic did not say it (SQLite then allows a NULL
+        # key, which rayfleet never writes); Alembic's do
+        shape = {n: sorted((c[1], c[2].upper().replace("FLOAT", "REAL"), c[3] or c[5], c[4], c[5])
+                           for c in conn.execute(f"PRAGMA table_info({n})")) for n in names}  # fmt: skip
+        shape["indexes"] = sorted(
+            (r[0], r[1]) for r in conn.execute("SELECT tbl_name, name FROM sqlite_master WHERE type = 'index'")
+        )
+        shape["triggers"] = sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"))
+        return shape
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("version", range(1, len(LEGACY_MIGRATIONS) + 1))
+def test_a_ledger_from_before_alembic_is_migrated_keeps_its_jobs_and_ends_like_a_new_one(tmp_path, version):
+    path = tmp_path / "old.db"
+    make_legacy_ledger(path, version)
+
     ledger = Ledger(path)
     try:
-        assert ledger.schema_version == 6
+        assert ledger.schema_version == SCHEMA_VERSION
         assert [(j.id, j.state) for j in ledger.jobs()] == [("old", S.QUEUED)]
         ledger.add_managed("c1", provisioner="k", template="t", namespace="ml", idle_ttl_s=60)
         assert [(c.name, c.state) for c in ledger.managed()] == [("c1", "CREATING")]
     finally:
         ledger.close()
+    Ledger(tmp_path / "new.db").close()
+    old, new = schema_of(path), schema_of(tmp_path / "new.db")
+    old.pop("alembic_version"), new.pop("alembic_version")
+    assert old == new
+    with sqlite3.connect(path) as conn:  # an older rayfleet reads this version, and refuses a newer one
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_managed_clusters_move_through_their_states_and_saved_logs_outlive_them(ledger):
@@ -317,7 +351,7 @@ def test_a_second_ledger_on_the_same_file_sees_the_same_jobs(ledger, path):
 
     other = Ledger(path)
     try:
-        assert other.schema_version == len(MIGRATIONS)
+        assert other.schema_version == SCHEMA_VERSION
         assert [(j.id, j.state) for j in other.jobs()] == [("j1", S.RUNNING)]
         assert other.record("j1-1", S.SUCCEEDED) is True
         add(other, "j2", queued=True)

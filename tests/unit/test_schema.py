@@ -1,0 +1,96 @@
+"""The schema: `rayfleet.schema` (what the ledger queries) is what the Alembic revisions make, and the revisions
+form one line that the ledger runs to its newest, once, whoever opens a new ledger first."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine
+
+from rayfleet import schema
+from rayfleet.errors import LedgerError
+from rayfleet.ledger import Ledger
+
+
+def scripts() -> ScriptDirectory:
+    config = Config()
+    config.set_main_option("script_location", "rayfleet:migrations")
+    return ScriptDirectory.from_config(config)
+
+
+def test_the_revisions_form_one_line_numbered_in_order_up_to_head():
+    revisions = list(reversed(list(scripts().walk_revisions())))
+    assert scripts().get_heads() == [schema.HEAD]
+    assert [r.revision for r in revisions] == [f"{n:04d}" for n in range(1, schema.SCHEMA_VERSION + 1)]
+    assert [r.down_revision for r in revisions] == [None, *(r.revision for r in revisions[:-1])]
+
+
+def test_the_described_schema_is_what_the_migrations_make(tmp_path):
+    Ledger(tmp_path / "l.db").close()
+    engine = create_engine(f"sqlite:///{tmp_path / 'l.db'}")
+    try:
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), schema.metadata)
+    finally:
+        engine.dispose()
+    assert diff == []
+
+
+def test_the_comparison_sees_a_column_the_migrations_do_not_make(tmp_path):
+    Ledger(tmp_path / "l.db").close()
+    with sqlite3.connect(tmp_path / "l.db") as conn:
+        conn.execute("ALTER TABLE jobs ADD COLUMN stray TEXT")
+    engine = create_engine(f"sqlite:///{tmp_path / 'l.db'}")
+    try:
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), schema.metadata)
+    finally:
+        engine.dispose()
+    assert [(d[0], d[3].name) for d in diff] == [("remove_column", "stray")]
+
+
+def test_ledgers_opened_at_once_on_a_new_file_migrate_it_once(tmp_path):
+    path = tmp_path / "new.db"
+    start = threading.Barrier(6)
+    opened: list[Ledger] = []
+    errors: list[BaseException] = []
+
+    def open_it() -> None:
+        start.wait()
+        try:
+            opened.append(Ledger(path))
+        except BaseException as e:  # collected, and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_it) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert [ledger.schema_version for ledger in opened] == [schema.SCHEMA_VERSION] * 6
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(schema.HEAD,)]
+    finally:
+        for ledger in opened:
+            ledger.close()
+
+
+@pytest.mark.parametrize("revision", ["0099", "f00dcafe"])
+def test_a_ledger_of_an_unknown_revision_is_refused_and_left_as_it_was(tmp_path, revision):
+    Ledger(tmp_path / "l.db").close()
+    with sqlite3.connect(tmp_path / "l.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = ?", (revision,))
+    with pytest.raises(LedgerError) as info:
+        Ledger(tmp_path / "l.db")
+    assert f"schema revision {revision}, not one this rayfleet knows (its newest is {schema.HEAD})" in str(info.value)
+    assert "To fix: upgrade rayfleet" in str(info.value)
+    with sqlite3.connect(tmp_path / "l.db") as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(revision,)]
