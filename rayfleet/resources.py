@@ -411,13 +411,29 @@ class Gang(BaseModel):
             raise InvalidResourcesError(f"a gang of {n!r} bundles", "give a whole number of bundles >= 1")
         return cls(bundles=[Resources.of(resources)] * n, strategy=strategy)
 
+    @classmethod
+    def one(cls, resources: Resources) -> Gang:
+        """A plain job as a gang: its resources as the one bundle, on one node (``STRICT_PACK``).
+
+        Built without the bundles' validation: a plain job may ask for nothing (Ray starts it at once), which a bundle
+        of a placement group may not.
+
+        Example:
+            >>> Gang.one(Resources(cpu=2)).describe()
+            'STRICT_PACK gang of 1 x (2 CPU)'
+        """
+        return cls.model_construct(bundles=(resources,), strategy="STRICT_PACK")
+
     @property
     def total(self) -> Resources:
         """Every bundle added up: what the gang takes from its cluster.
 
         A sum, not a request: it may hold a fractional GPU count above 1 (bundles of 0.5 and 1 GPU make 1.5), which
-        Ray allows in bundles but not in one request, so it is built without the per-request validation.
+        Ray allows in bundles but not in one request, so it is built without the per-request validation. A gang of
+        one bundle (every plain job, in placement) totals that bundle itself.
         """
+        if len(self.bundles) == 1:
+            return self.bundles[0]
         custom: dict[str, float] = {}
         for bundle in self.bundles:
             for key, amount in bundle.custom.items():
@@ -433,7 +449,10 @@ class Gang(BaseModel):
     @property
     def accelerators(self) -> frozenset[str]:
         """The GPU models the gang's GPU bundles allow (the same set for each); empty means any."""
-        return next((b.accelerators for b in self.bundles if b.gpu > 0), frozenset())
+        for bundle in self.bundles:
+            if bundle.gpu > 0:
+                return bundle.accelerators
+        return frozenset()
 
     def to_ray(self, accelerator: str | None = None) -> list[dict[str, float]]:
         """The bundles as Ray placement-group bundles, with the chosen model on the bundles that allow models.
@@ -445,9 +464,10 @@ class Gang(BaseModel):
             >>> Gang.of(2, Resources(cpu=1, gpu=1, accelerators={"A100"})).to_ray("A100")[0]
             {'CPU': 1.0, 'GPU': 1.0, 'accelerator_type:A100': 0.001}
         """
-        if accelerator is not None and self.accelerators and accelerator not in self.accelerators:
+        allowed = self.accelerators
+        if accelerator is not None and allowed and accelerator not in allowed:
             raise InvalidResourcesError(
-                f"accelerator {accelerator!r} is not one of the gang's allowed models {sorted(self.accelerators)}",
+                f"accelerator {accelerator!r} is not one of the gang's allowed models {sorted(allowed)}",
                 "let placement choose the model",
             )
         return [bundle.to_ray(accelerator if bundle.accelerators else None) for bundle in self.bundles]

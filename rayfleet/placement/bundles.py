@@ -124,6 +124,39 @@ def gang_score(
     return float(scores.mean() if policy == "spread" else scores.sum())
 
 
+def best_assignment(
+    policy: str,
+    free: np.ndarray,
+    total: np.ndarray,
+    keys: Sequence[str],
+    gang: Gang,
+    accelerator: str | None = None,
+    *,
+    mix: RequestMix | None = None,
+) -> tuple[Assignment, float] | bool:
+    """Where ``policy`` puts the gang on ``free``, with its score (lower is better); when it does not fit there,
+    whether it would on ``total`` (every node empty), ``False`` also when it asks for a key no node has.
+
+    A gang of one bundle (a plain job is one) goes to the node the policy scores best among all it fits on, the
+    lowest index among equals: every strategy means the same for one bundle, so no heuristic stands in for the
+    policy. A gang of several takes `fit_gang`'s assignment, scored by `gang_score`.
+    """
+    if len(gang.bundles) > 1:
+        assignment = fit_gang(free, keys, gang, accelerator)
+        if assignment is None:
+            return fit_gang(total, keys, gang, accelerator) is not None
+        return assignment, gang_score(policy, free, total, keys, gang, assignment, accelerator, mix=mix)
+    vec = request_vector(keys, gang.to_ray(accelerator)[0])
+    if vec is None:
+        return False
+    rows = np.flatnonzero(fit_mask(free, vec))
+    if not len(rows):
+        return bool(fit_mask(total, vec).any())
+    scores = node_score(policy, mix)(free[rows], total[rows], vec, keys, gang.bundles[0])
+    i = int(np.argmin(scores))
+    return [int(rows[i])], float(scores[i])
+
+
 class _Fitter:
     """The heuristics of `fit_gang` over one ``free`` matrix; each returns an assignment that fits, or ``None``."""
 

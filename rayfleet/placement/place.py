@@ -10,10 +10,10 @@ import numpy as np
 from rayfleet.capacity import ClusterSnapshot, describe_node
 from rayfleet.config import POLICIES, Cluster
 from rayfleet.errors import InvalidRequestError
-from rayfleet.placement.bundles import bundle_vectors, distinct_fit_count, fit_gang, gang_score
+from rayfleet.placement.bundles import best_assignment, bundle_vectors, distinct_fit_count
 from rayfleet.placement.fit import Hold, effective_free, fit_mask, request_vector
 from rayfleet.placement.fragmentation import RequestMix
-from rayfleet.placement.policies import cluster_key, node_score
+from rayfleet.placement.policies import cluster_key
 from rayfleet.resources import ACCELERATOR_PREFIX, EPSILON, Gang, Resources
 
 
@@ -41,6 +41,11 @@ class PlacementRequest:
         if self.policy not in POLICIES:
             raise InvalidRequestError(f"unknown policy {self.policy!r}", f"use one of {', '.join(POLICIES)}")
 
+    @property
+    def wanted(self) -> Gang:
+        """What must fit: the gang, or the job's resources as a gang of one bundle (`Gang.one`)."""
+        return self.gang if self.gang is not None else Gang.one(self.resources)
+
 
 @dataclass(frozen=True)
 class Option:
@@ -54,7 +59,7 @@ class Option:
         node_id: the node it would go to (for a gang, the node of its first bundle).
         accelerator: the concrete GPU model chosen, if the request allowed several.
         too_large: it would not fit even on an empty node of this cluster.
-        bundle_nodes: for a gang, the node of each bundle, in bundle order.
+        bundle_nodes: the node of each bundle, in bundle order (a plain job's one node); ``None`` when it does not fit.
     """
 
     cluster: str
@@ -110,6 +115,8 @@ def place(
         >>> place(PlacementRequest(Resources(cpu=2)), clusters, {"a": snap}).chosen.node_id
         'n1'
     """
+    gang = request.wanted
+    total = gang.total
     options = []
     for cluster in clusters:
         snapshot = snapshots.get(cluster.name)
@@ -119,8 +126,7 @@ def place(
             continue
         assert snapshot is not None
         mine = [h for h in holds if h.cluster == cluster.name]
-        best_on = _best_gang_on if request.gang is not None else _best_on
-        options.append(best_on(request, cluster, snapshot, mine, mix))
+        options.append(_best_on(request.policy, gang, total, cluster, snapshot, mine, mix))
     recent = {c.name: sum(1 for h in holds if h.cluster == c.name) for c in clusters}
     # equal scores (jobs that ask for nothing): the cluster this dispatcher sent fewer jobs to lately, then by name
     fitting = sorted((o for o in options if o.fits), key=lambda o: (o.score, recent.get(o.cluster, 0), o.cluster))
@@ -147,98 +153,71 @@ def _precheck(request: PlacementRequest, cluster: Cluster, snapshot: ClusterSnap
 
 
 def _best_on(
-    request: PlacementRequest,
+    policy: str,
+    gang: Gang,
+    total: Resources,
     cluster: Cluster,
     snap: ClusterSnapshot,
     holds: Sequence[Hold],
     mix: RequestMix | None,
 ) -> Option:
-    resources = request.resources
-    models = sorted(resources.accelerators) if resources.accelerators else [None]
+    """The best way to fit every bundle of ``gang`` at once on this cluster (a plain job: its one bundle), or why not.
+
+    Each GPU model the gang allows is tried, by name; the lowest score wins, the first model among equals.
+    ``total`` is ``gang.total``, summed once per decision.
+    """
+    models: list[str | None] = [*sorted(gang.accelerators)] or [None]
     free = effective_free(snap, holds)
-    scorer = node_score(request.policy, mix)
+    cluster_part = cluster_key(policy, cluster, total)
     best: Option | None = None
-    fits_empty = False
-    missing: list[str] = []
+    fits_empty = False  # whether it would fit, with some model, were the nodes empty
     for model in models:
         if model is not None and ACCELERATOR_PREFIX + model not in snap.keys:
-            missing.append(f"a GPU of model {' or '.join(models)}")  # type: ignore[arg-type]
             continue
-        vec = request_vector(snap.keys, resources.to_ray(model))
-        if vec is None:
-            missing += [k for k, v in resources.to_ray(model).items() if v > 0 and k not in snap.keys]
+        fit = best_assignment(policy, free, snap.total, snap.keys, gang, model, mix=mix)
+        if isinstance(fit, bool):
+            fits_empty = fits_empty or fit
             continue
-        fits_empty = fits_empty or bool(fit_mask(snap.total, vec).any())
-        rows = np.flatnonzero(fit_mask(free, vec))
-        if not len(rows):
-            continue
-        scores = scorer(free[rows], snap.total[rows], vec, snap.keys, resources)
-        i = int(np.argmin(scores))  # first of equals: the lowest node index, deterministic
-        score = (cluster_key(request.policy, cluster, resources), float(scores[i]))
+        score = (cluster_part, fit[1])
         if best is None or score < best.score:  # type: ignore[operator]
-            best = Option(cluster.name, True, score=score, node_id=snap.node_ids[rows[i]], accelerator=model)
-    if best is not None:
-        return best
-    if not fits_empty:
-        if missing and len(missing) >= len(models):
-            what = ", ".join(dict.fromkeys(missing))
-            return Option(cluster.name, False, f"no node has {what}", too_large=True)
-        return Option(cluster.name, False, f"too large for every node (largest: {snap.largest_node()})", too_large=True)
-    best_free = int(np.argmax(free.sum(axis=1)))
-    return Option(
-        cluster.name,
-        False,
-        f"busy: no node has {resources.describe()} free now "
-        f"(most free: {describe_node(dict(zip(snap.keys, free[best_free], strict=True)))})",
-    )
-
-
-def _best_gang_on(
-    request: PlacementRequest,
-    cluster: Cluster,
-    snap: ClusterSnapshot,
-    holds: Sequence[Hold],
-    mix: RequestMix | None,
-) -> Option:
-    """The best way to fit every bundle of the gang at once on this cluster, or why it cannot."""
-    gang = request.gang
-    assert gang is not None
-    models = sorted(gang.accelerators) if gang.accelerators else [None]
-    free = effective_free(snap, holds)
-    cluster_part = cluster_key(request.policy, cluster, gang.total)
-    best: Option | None = None
-    fits_empty = False
-    missing: list[str] = []
-    for model in models:
-        if model is not None and ACCELERATOR_PREFIX + model not in snap.keys:
-            missing.append(f"a GPU of model {' or '.join(models)}")  # type: ignore[arg-type]
-            continue
-        absent = sorted({k for b in gang.to_ray(model) for k, v in b.items() if v > 0 and k not in snap.keys})
-        if absent:
-            missing += absent
-            continue
-        fits_empty = fits_empty or fit_gang(snap.total, snap.keys, gang, model) is not None
-        rows = fit_gang(free, snap.keys, gang, model)
-        if rows is None:
-            continue
-        score = (cluster_part, gang_score(request.policy, free, snap.total, snap.keys, gang, rows, model, mix=mix))
-        if best is None or score < best.score:  # type: ignore[operator]
-            nodes = tuple(snap.node_ids[r] for r in rows)
+            nodes = tuple(snap.node_ids[r] for r in fit[0])
             best = Option(cluster.name, True, score=score, node_id=nodes[0], accelerator=model, bundle_nodes=nodes)
     if best is not None:
         return best
-    if not fits_empty:
-        if missing and len(missing) >= len(models):
-            return Option(cluster.name, False, f"no node has {', '.join(dict.fromkeys(missing))}", too_large=True)
-        why = _why_gang_misses(snap.total, snap, gang, models, busy=False)
-        return Option(cluster.name, False, f"too large: {why}", too_large=True)
-    return Option(cluster.name, False, f"busy: {_why_gang_misses(free, snap, gang, models, busy=True)}")
+    why = _why_not(free if fits_empty else snap.total, snap, gang, models, busy=fits_empty)
+    return Option(cluster.name, False, why, too_large=not fits_empty)
+
+
+def _why_not(free: np.ndarray, snap: ClusterSnapshot, gang: Gang, models: Sequence[str | None], busy: bool) -> str:
+    """Why the gang does not fit on ``free``: what is free now when ``busy``; else (too large) what no node has, or
+    the nodes' totals. A gang of one bundle (a plain job) is told as that bundle on one node, without a strategy."""
+    missing = "" if busy else _missing(snap, gang, models)
+    if missing:
+        return f"no node has {missing}"
+    if len(gang.bundles) > 1:
+        return f"{'busy' if busy else 'too large'}: {_why_gang_misses(free, snap, gang, models, busy)}"
+    if not busy:
+        return f"too large for every node (largest: {snap.largest_node()})"
+    most = describe_node(dict(zip(snap.keys, free[int(np.argmax(free.sum(axis=1)))], strict=True)))
+    return f"busy: no node has {gang.bundles[0].describe()} free now (most free: {most})"
+
+
+def _missing(snap: ClusterSnapshot, gang: Gang, models: Sequence[str | None]) -> str:
+    """What the gang asks for that no node of the cluster has, whichever of its GPU models it took, in the order
+    ``describe`` uses; empty when with some model it lacks nothing."""
+    lacks: list[list[str]] = []
+    for model in models:
+        if model is not None and ACCELERATOR_PREFIX + model not in snap.keys:
+            lacks.append([f"a GPU of model {' or '.join(models)}"])  # type: ignore[arg-type]
+        else:
+            lacks.append([k for k in gang.total.to_ray(model) if k not in snap.keys])
+    return ", ".join(dict.fromkeys(k for keys in lacks for k in keys)) if all(lacks) else ""
 
 
 def _why_gang_misses(
     free: np.ndarray, snap: ClusterSnapshot, gang: Gang, models: Sequence[str | None], busy: bool
 ) -> str:
-    """Why the gang does not fit on ``free`` (what is free now when ``busy``, else the nodes' totals)."""
+    """Why a gang of several bundles does not fit on ``free``, per its strategy (see `_why_not`)."""
     usable = [m for m in models if m is None or ACCELERATOR_PREFIX + m in snap.keys]
     model = usable[0] if usable else None
     n = len(gang.bundles)

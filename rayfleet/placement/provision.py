@@ -54,7 +54,8 @@ Wanted = Resources | Gang  # a plain job is one bundle (STRICT_PACK), a gang its
 
 
 def _bundles(wanted: Wanted) -> tuple[tuple[Resources, ...], str]:
-    return (wanted.bundles, wanted.strategy) if isinstance(wanted, Gang) else ((wanted,), "STRICT_PACK")
+    gang = wanted if isinstance(wanted, Gang) else Gang.one(wanted)
+    return gang.bundles, gang.strategy
 
 
 def _on_head(template: ClusterTemplate, wanted: Wanted) -> bool:

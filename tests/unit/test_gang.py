@@ -588,10 +588,27 @@ def test_place_gang_is_the_same_when_made_twice(case: PlaceCase):
     assert run(case) == run(case)
 
 
-def test_a_request_without_a_gang_has_no_bundle_nodes():
+def test_a_request_without_a_gang_is_placed_as_a_gang_of_one_bundle():
     decision = place(PlacementRequest(Resources(cpu=1)), [cluster("a")], {"a": snap("a", [("n0", cpu_node())])})
     assert decision.chosen is not None
-    assert decision.chosen.bundle_nodes is None
+    assert decision.chosen.bundle_nodes == ("n0",)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("policy", ["binpack", "spread", "fragmentation"])
+def test_a_gang_of_one_bundle_is_placed_as_the_plain_job_of_that_bundle(strategy: str, policy: str):
+    snaps = {
+        "a": snap("a", [("n0", cpu_node(16), used(12)), ("n1", cpu_node(16)), ("n2", cpu_node(16), used(6))]),
+        "busy": snap("busy", [("b0", cpu_node(4), used(3))]),
+        "small": snap("small", [("s0", cpu_node(1))]),
+    }
+    clusters = [cluster(name) for name in snaps]
+    plain = place(PlacementRequest(Resources(cpu=2), policy=policy), clusters, snaps)
+    assert place(greq(Gang.of(1, Resources(cpu=2), strategy=strategy), policy), clusters, snaps) == plain
+    assert plain.rejects == {
+        "busy": "busy: no node has 2 CPU free now (most free: 1 CPU, 16.0 GiB)",
+        "small": "too large for every node (largest: 1 CPU, 4.0 GiB)",
+    }
 
 
 # ----- properties --------------------------------------------------------------------------------------------------
