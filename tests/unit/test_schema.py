@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -24,6 +26,16 @@ def scripts() -> ScriptDirectory:
     return ScriptDirectory.from_config(config)
 
 
+def differences(path: Path) -> list[Any]:
+    """What Alembic's autogenerate would change in the database at ``path`` to match `rayfleet.schema`."""
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            return compare_metadata(MigrationContext.configure(conn), schema.metadata)
+    finally:
+        engine.dispose()
+
+
 def test_the_revisions_form_one_line_numbered_in_order_up_to_head():
     revisions = list(reversed(list(scripts().walk_revisions())))
     assert scripts().get_heads() == [schema.HEAD]
@@ -33,26 +45,14 @@ def test_the_revisions_form_one_line_numbered_in_order_up_to_head():
 
 def test_the_described_schema_is_what_the_migrations_make(tmp_path):
     Ledger(tmp_path / "l.db").close()
-    engine = create_engine(f"sqlite:///{tmp_path / 'l.db'}")
-    try:
-        with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn), schema.metadata)
-    finally:
-        engine.dispose()
-    assert diff == []
+    assert differences(tmp_path / "l.db") == []
 
 
 def test_the_comparison_sees_a_column_the_migrations_do_not_make(tmp_path):
     Ledger(tmp_path / "l.db").close()
     with sqlite3.connect(tmp_path / "l.db") as conn:
         conn.execute("ALTER TABLE jobs ADD COLUMN stray TEXT")
-    engine = create_engine(f"sqlite:///{tmp_path / 'l.db'}")
-    try:
-        with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn), schema.metadata)
-    finally:
-        engine.dispose()
-    assert [(d[0], d[3].name) for d in diff] == [("remove_column", "stray")]
+    assert [(d[0], d[3].name) for d in differences(tmp_path / "l.db")] == [("remove_column", "stray")]
 
 
 def test_ledgers_opened_at_once_on_a_new_file_migrate_it_once(tmp_path):
