@@ -30,6 +30,10 @@ from rayfleet.states import JobState, can_move
 
 LEDGER_ENV = "RAYFLEET_LEDGER"
 
+# Alembic's `op` and `context` are process-wide: two ledgers migrating at once in one process (two new files in two
+# threads) would run each other's statements. One migration at a time per process; the file's own lock does the rest.
+_MIGRATING = threading.Lock()
+
 
 def default_path() -> Path:
     """``$RAYFLEET_LEDGER``, else ``$XDG_DATA_HOME/rayfleet/ledger.db`` (``~/.local/share`` by default)."""
@@ -190,19 +194,34 @@ class Ledger:
             self._engine = _engine(self.path)
             self._db = self._engine.connect()
             self._migrate()
+        except LedgerError:
+            self._discard()
+            raise
         except (OSError, ValueError, sqlite3.Error, exc.SQLAlchemyError) as e:  # ValueError: a NUL byte in the path
+            self._discard()
             raise LedgerError(
                 f"cannot open the ledger at {self.path}: {getattr(e, 'orig', None) or e}",
                 f"give a writable file path (Fleet(ledger=...), ledger: in the fleet file, or ${LEDGER_ENV})",
             ) from None
+
+    def _discard(self) -> None:
+        """Close what a failed open had opened (no file handle outlives a refused ledger)."""
+        if (db := getattr(self, "_db", None)) is not None:
+            db.close()
+        if (engine := getattr(self, "_engine", None)) is not None:
+            engine.dispose()
 
     # ----- opening and migrations ---------------------------------------------------------------------------------
 
     def _migrate(self) -> None:
         """Bring the schema to this rayfleet's newest revision, in one write transaction (two processes opening a
         new ledger at once: the second finds it done). A ledger from before Alembic (only SQLite's user_version)
-        is stamped with the revision that version stands for first."""
-        with self._tx() as tx:
+        is stamped with the revision that version stands for first. A ledger already at it is only read: opening
+        one never waits for another process's write."""
+        with self._read() as db:
+            if _revision(db) == schema.HEAD:
+                return
+        with self._tx() as tx, _MIGRATING:
             current = _revision(tx)
             if current == schema.HEAD:
                 return
@@ -212,16 +231,16 @@ class Ledger:
                     f"(its newest is {schema.HEAD})",
                     "upgrade rayfleet, or point it at another ledger file",
                 )
-            from alembic import command  # only when there is something to migrate: it costs a few hundred ms
-            from alembic.config import Config
-
-            config = Config()
-            config.set_main_option("script_location", "rayfleet:migrations")
-            config.attributes["connection"] = tx
-            if current is None and (legacy := tx.exec_driver_sql("PRAGMA user_version").scalar()):
-                command.stamp(config, f"{legacy:04d}")
-            command.upgrade(config, schema.HEAD)
-            tx.exec_driver_sql(f"PRAGMA user_version = {schema.SCHEMA_VERSION}")
+            try:
+                _upgrade(tx, current)
+            except exc.SQLAlchemyError:
+                raise
+            except Exception as e:  # Alembic's own errors: the transaction is undone, the file left as it was
+                raise LedgerError(
+                    f"cannot migrate the ledger at {self.path} to schema {schema.HEAD}: {type(e).__name__}: {e}",
+                    "nothing was changed (the migration is one transaction); point rayfleet at another ledger file "
+                    "and report the message",
+                ) from e
 
     @property
     def schema_version(self) -> int:
@@ -239,7 +258,10 @@ class Ledger:
         writer), checks this thread's lease if it acts under one, and commits unless an exception leaves it."""
         with self._lock:
             self._db.info["write"] = True  # read by the begin hook: BEGIN IMMEDIATE
-            tx = self._db.begin()
+            try:
+                tx = self._db.begin()
+            finally:
+                self._db.info.pop("write", None)  # the hook took it, or the begin failed before it ran
             try:
                 if (lease := getattr(self._fence, "lease", None)) is not None:
                     self._check(self._db, lease)
@@ -250,7 +272,12 @@ class Ledger:
             except BaseException:
                 tx.rollback()
                 raise
-            tx.commit()
+            try:
+                tx.commit()
+            except BaseException:  # a failed COMMIT (disk full, I/O error) may leave the database's transaction
+                tx.rollback()  # open under SQLAlchemy's ended one: drop the connection, the next use opens anew
+                self._db.invalidate()
+                raise
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -727,6 +754,21 @@ def _engine(path: Path) -> Engine:
     event.listen(engine, "connect", prepare)
     event.listen(engine, "begin", begin)
     return engine
+
+
+def _upgrade(tx: Connection, current: str | None) -> None:
+    """Run Alembic's revisions from ``current`` (None: a new ledger, or one from before Alembic) to the newest, on
+    the write transaction ``tx``, and mirror the schema version in SQLite's user_version."""
+    from alembic import command  # only when there is something to migrate: it costs a few hundred ms
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", "rayfleet:migrations")
+    config.attributes["connection"] = tx
+    if current is None and (legacy := tx.exec_driver_sql("PRAGMA user_version").scalar()):
+        command.stamp(config, f"{legacy:04d}")
+    command.upgrade(config, schema.HEAD)
+    tx.exec_driver_sql(f"PRAGMA user_version = {schema.SCHEMA_VERSION}")
 
 
 def _revision(db: Connection) -> str | None:

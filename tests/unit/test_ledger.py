@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 
 from rayfleet.errors import JobNotFoundError, LedgerError
 from rayfleet.ledger import LEDGER_ENV, AttemptConflict, Ledger, NewCluster, default_path
@@ -566,3 +567,13 @@ def test_a_provisioning_job_is_placed_requeued_or_stopped_once(ledger):
     assert ledger.add_provisioning("j2", new_cluster("c4"), "waiting for c4", job=None)
     assert ledger.record_job("j2", S.STOPPED, "stopped while PROVISIONING")
     assert not ledger.record_job("j2", S.FAILED) and ledger.job("j2").state is S.STOPPED
+
+
+def test_a_commit_that_fails_is_undone_and_the_ledger_goes_on(ledger):
+    # a COMMIT can fail (disk full, an I/O error); forced here with a foreign key checked only at commit
+    with pytest.raises(sqlalchemy.exc.IntegrityError), ledger._tx() as tx:
+        tx.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
+        tx.exec_driver_sql("INSERT INTO transitions (job_id, state, at) VALUES ('nobody', 'QUEUED', 1.0)")
+    assert ledger.jobs() == []
+    add(ledger)
+    assert [j.id for j in ledger.jobs()] == ["j1"]

@@ -34,6 +34,7 @@ ALLOWED = {
     ("rayfleet.cli", "out"): "the CLI process's console on stdout",
     ("rayfleet.cli", "err"): "the CLI process's console on stderr",
     ("rayfleet.backends.ray_jobs", "_env_lock"): "guards os.environ, which is one per process",
+    ("rayfleet.ledger", "_MIGRATING"): "guards Alembic's op and context, which are one per process",
     # not yet immutable, in files being rewritten elsewhere: never written to, due to become read-only
     ("rayfleet.provisioning.local", "DEMO_FLEET"): "frozen specs whose labels and resources are plain dicts",
 }

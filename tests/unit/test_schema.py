@@ -3,6 +3,7 @@ form one line that the ledger runs to its newest, once, whoever opens a new ledg
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -94,3 +95,64 @@ def test_a_ledger_of_an_unknown_revision_is_refused_and_left_as_it_was(tmp_path,
     assert "To fix: upgrade rayfleet" in str(info.value)
     with sqlite3.connect(tmp_path / "l.db") as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(revision,)]
+
+
+def test_ledgers_migrating_different_new_files_at_once_in_one_process_each_get_their_own(tmp_path):
+    # Alembic's op and context are process-wide: without one migration at a time, each thread ran the others' DDL
+    start = threading.Barrier(4)
+    opened: list[Ledger] = []
+    errors: list[BaseException] = []
+
+    def open_new(round_: int, n: int) -> None:
+        start.wait()
+        try:
+            opened.append(Ledger(tmp_path / f"r{round_}-{n}.db"))
+        except BaseException as e:  # collected, and asserted below
+            errors.append(e)
+
+    for round_ in range(5):
+        threads = [threading.Thread(target=open_new, args=(round_, n)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    try:
+        assert errors == []
+        assert sorted(ledger.schema_version for ledger in opened) == [schema.SCHEMA_VERSION] * 20
+    finally:
+        for ledger in opened:
+            ledger.close()
+
+
+def test_a_ledger_at_the_newest_schema_opens_while_another_process_writes(tmp_path):
+    path = tmp_path / "l.db"
+    Ledger(path).close()
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # holds the write lock, as a long write of another process would
+    try:
+        ledger = Ledger(path)  # only reads its revision: no wait for the writer (before, it waited out 30 s)
+        try:
+            assert ledger.jobs() == []
+        finally:
+            ledger.close()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+def open_files(path: Path) -> list[str]:
+    """This process's open file descriptors on ``path`` or its -wal/-shm companions."""
+    fds = Path("/proc/self/fd")
+    return [str(fd) for fd in fds.iterdir() if str(path) in os.path.realpath(fd) if fd.exists()]
+
+
+def test_a_refused_ledger_leaves_no_file_open(tmp_path):
+    Ledger(tmp_path / "l.db").close()
+    conn = sqlite3.connect(tmp_path / "l.db")
+    conn.execute("UPDATE alembic_version SET version_num = '0099'")
+    conn.commit()
+    conn.close()
+    assert open_files(tmp_path / "l.db") == []
+    with pytest.raises(LedgerError):
+        Ledger(tmp_path / "l.db")
+    assert open_files(tmp_path / "l.db") == []
