@@ -56,24 +56,30 @@ def test_the_comparison_sees_a_column_the_migrations_do_not_make(tmp_path):
     assert [(d[0], d[3].name) for d in differences(tmp_path / "l.db")] == [("remove_column", "stray")]
 
 
-def test_ledgers_opened_at_once_on_a_new_file_migrate_it_once(tmp_path):
-    path = tmp_path / "new.db"
-    start = threading.Barrier(6)
+def open_at_once(paths: list[Path]) -> tuple[list[Ledger], list[BaseException]]:
+    """Open a ledger on each path, each in its own thread, all released at once: the ledgers, and what was raised."""
+    start = threading.Barrier(len(paths))
     opened: list[Ledger] = []
     errors: list[BaseException] = []
 
-    def open_it() -> None:
+    def open_it(path: Path) -> None:
         start.wait()
         try:
             opened.append(Ledger(path))
-        except BaseException as e:  # collected, and asserted below
+        except BaseException as e:  # collected, and asserted by the caller
             errors.append(e)
 
-    threads = [threading.Thread(target=open_it) for _ in range(6)]
+    threads = [threading.Thread(target=open_it, args=(path,)) for path in paths]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return opened, errors
+
+
+def test_ledgers_opened_at_once_on_a_new_file_migrate_it_once(tmp_path):
+    path = tmp_path / "new.db"
+    opened, errors = open_at_once([path] * 6)
     try:
         assert errors == []
         assert [ledger.schema_version for ledger in opened] == [schema.SCHEMA_VERSION] * 6
@@ -99,23 +105,11 @@ def test_a_ledger_of_an_unknown_revision_is_refused_and_left_as_it_was(tmp_path,
 
 def test_ledgers_migrating_different_new_files_at_once_in_one_process_each_get_their_own(tmp_path):
     # Alembic's op and context are process-wide: without one migration at a time, each thread ran the others' DDL
-    start = threading.Barrier(4)
     opened: list[Ledger] = []
     errors: list[BaseException] = []
-
-    def open_new(round_: int, n: int) -> None:
-        start.wait()
-        try:
-            opened.append(Ledger(tmp_path / f"r{round_}-{n}.db"))
-        except BaseException as e:  # collected, and asserted below
-            errors.append(e)
-
     for round_ in range(5):
-        threads = [threading.Thread(target=open_new, args=(round_, n)) for n in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        more, failed = open_at_once([tmp_path / f"r{round_}-{n}.db" for n in range(4)])
+        opened, errors = opened + more, errors + failed
     try:
         assert errors == []
         assert sorted(ledger.schema_version for ledger in opened) == [schema.SCHEMA_VERSION] * 20
