@@ -29,10 +29,10 @@ import rayfleet
 
 # (module, attribute): why its mutable object is not state two fleets could share by accident
 ALLOWED = {
-    ("rayfleet.cli", "app"): "typer's command table: filled by decorators at import, only read afterwards",
-    ("rayfleet.cli", "local_app"): "typer's command table of `rayfleet local`, as `app`",
-    ("rayfleet.cli", "out"): "the CLI process's console on stdout",
-    ("rayfleet.cli", "err"): "the CLI process's console on stderr",
+    ("rayfleet.cli.common", "app"): "typer's command table: filled by decorators at import, only read afterwards",
+    ("rayfleet.cli.common", "local_app"): "typer's command table of `rayfleet local`, as `app`",
+    ("rayfleet.cli.common", "out"): "the CLI process's console on stdout",
+    ("rayfleet.cli.common", "err"): "the CLI process's console on stderr",
     ("rayfleet.backends.ray_jobs", "_env_lock"): "guards os.environ, which is one per process",
     ("rayfleet.ledger", "_MIGRATING"): "guards Alembic's op and context, which are one per process",
     # not yet immutable, in files being rewritten elsewhere: never written to, due to become read-only
@@ -95,11 +95,18 @@ def mutable_parts(value: Any, where: str, depth: int = 0) -> list[str]:
     return [f"{where}: {type(value).__module__}.{type(value).__qualname__}"]
 
 
+def allowed_objects() -> set[int]:
+    """The objects `ALLOWED` lists, by identity: a module that imports one (``from rayfleet.cli.common import app``)
+    holds the same object, not state of its own."""
+    return {id(getattr(importlib.import_module(m), name)) for m, name in ALLOWED}
+
+
 def module_state(module: types.ModuleType) -> list[str]:
-    """The mutable attributes of ``module`` that `ALLOWED` does not list."""
+    """The mutable attributes of ``module`` that `ALLOWED` does not list (here or where they were made)."""
     found = []
+    allowed = allowed_objects()
     for name, value in sorted(vars(module).items()):
-        if name.startswith("__") or (module.__name__, name) in ALLOWED:
+        if name.startswith("__") or (module.__name__, name) in ALLOWED or id(value) in allowed:
             continue
         found += mutable_parts(value, f"{module.__name__}.{name}")
     return found
