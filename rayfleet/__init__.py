@@ -2,6 +2,7 @@
 
 from rayfleet.config import Cluster, FleetConfig
 from rayfleet.errors import (
+    AuthenticationError,
     ClusterError,
     ClusterUnreachableError,
     ConfigError,
@@ -40,6 +41,7 @@ def __getattr__(name: str) -> object:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthenticationError",
     "Cluster",
     "ClusterError",
     "ClusterUnreachableError",

@@ -93,6 +93,10 @@ class ClusterError(RayfleetError):
         super().__init__(message, hint)
 
 
+class AuthenticationError(ClusterError):
+    """A cluster refused rayfleet's credentials (HTTP 401 or 403): its token or headers are missing or wrong."""
+
+
 class ClusterUnreachableError(ClusterError):
     """A cluster did not answer (connection refused, timed out, DNS failure)."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from rayfleet.cli import fleet, jobs, local  # noqa: F401  (registers the commands)
 from rayfleet.cli.common import (
+    EXIT_AUTH,
     EXIT_CLUSTER,
     EXIT_ERROR,
     EXIT_JOB_FAILED,
@@ -17,6 +18,7 @@ from rayfleet.cli.common import (
 from rayfleet.cli.fleet import render_decision, render_plan
 
 __all__ = [
+    "EXIT_AUTH",
     "EXIT_CLUSTER",
     "EXIT_ERROR",
     "EXIT_JOB_FAILED",

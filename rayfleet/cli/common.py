@@ -12,6 +12,7 @@ from rich.console import Console
 
 from rayfleet.config import FLEET_FILE_ENV
 from rayfleet.errors import (
+    AuthenticationError,
     ClusterError,
     ConfigError,
     InvalidRequestError,
@@ -26,6 +27,7 @@ EXIT_USAGE = 2
 EXIT_NO_CAPACITY = 3
 EXIT_CLUSTER = 4
 EXIT_JOB_FAILED = 5
+EXIT_AUTH = 6
 
 app = typer.Typer(
     help="Dispatch Ray jobs across a fleet of Ray clusters.", no_args_is_help=True, pretty_exceptions_enable=False
@@ -57,6 +59,8 @@ def _run(fn: Callable[[], T]) -> T:
         return fn()
     except NoCapacityError as e:
         _fail(e, EXIT_NO_CAPACITY)
+    except AuthenticationError as e:
+        _fail(e, EXIT_AUTH)
     except ClusterError as e:
         _fail(e, EXIT_CLUSTER)
     except (InvalidRequestError, ConfigError) as e:
