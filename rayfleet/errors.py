@@ -197,3 +197,8 @@ class StageFailedError(PipelineError):
         self.reason = reason
         self.stopped = list(stopped)
         super().__init__(message, hint)
+
+
+class LogsUnavailableError(RayfleetError):
+    """A job's log cannot be shown: it never ran anywhere (never placed, never submitted), or it ran where its log is
+    gone (a lost cluster, before any of it was saved). The message says which, and what exists instead."""

@@ -64,9 +64,16 @@ class JobHandle:
         """
         return self._dispatcher.wait(self.id, timeout).state
 
-    def logs(self) -> str:
-        """The job's output so far (of its newest attempt)."""
-        return self._dispatcher.logs(self.id)
+    def logs(self, attempt: int | None = None) -> str:
+        """The job's output so far: of its newest attempt, or of attempt ``attempt`` (1 is the first). From its
+        cluster, or as saved (the loop saves a running job's log every ``log_checkpoint_s``, and a job's last one
+        when it ends or its cluster is deleted).
+
+        Raises:
+            LogsUnavailableError: there is none, and the message says why (never placed, never started, lost before
+                any of it was saved).
+        """
+        return self._dispatcher.logs(self.id, attempt)
 
     def tail(self) -> Iterator[str]:
         """Yield the job's output as it is written, until the job ends."""

@@ -578,14 +578,39 @@ class Ledger:
         """Jobs with an attempt on ``cluster``."""
         return self._load(q.jobs_on, {"cluster": cluster})
 
-    def save_logs(self, submission_id: str, logs: str) -> None:
-        """Keep an attempt's final logs (its cluster is about to be deleted)."""
+    def save_logs(self, submission_id: str, logs: str, *, final: bool = True) -> None:
+        """Keep an attempt's logs: final (it ended, or its cluster is about to be deleted) or a checkpoint of a job
+        still running, replaced by the next save."""
+        row = {"submission_id": submission_id, "saved_at": self.clock(), "logs": logs, "final": final}
         with self._tx() as tx:
-            tx.execute(q.save_logs, {"submission_id": submission_id, "saved_at": self.clock(), "logs": logs})
+            tx.execute(q.save_logs, row)
 
-    def saved_logs(self, submission_id: str) -> str | None:
+    def saved_logs(self, submission_id: str) -> SavedLogs | None:
+        """An attempt's saved logs, with when they were saved and whether they are final."""
         with self._read() as db:
-            return db.execute(q.saved_logs_of, {"submission_id": submission_id}).scalar()
+            row = db.execute(q.saved_logs_of, {"submission_id": submission_id}).first()
+        return None if row is None else SavedLogs(row.logs, row.saved_at, bool(row.final))
+
+    # ----- marks on clusters ----------------------------------------------------------------------------------------
+
+    def mark(self, cluster: str, kind: str, *, by: str, reason: str, session: str | None = None) -> None:
+        """Put a mark on a cluster (one of `MARKS`; again: replaced). Every dispatcher sharing the ledger honours it
+        from its next decision."""
+        if kind not in MARKS:
+            raise LedgerError(f"unknown cluster mark {kind!r}", f"use one of {', '.join(MARKS)}")
+        row = {"cluster": cluster, "kind": kind, "at": self.clock(), "by": by, "reason": reason, "session": session}
+        with self._tx() as tx:
+            tx.execute(q.put_mark, row)
+
+    def unmark(self, cluster: str, kinds: Sequence[str]) -> bool:
+        """Take marks of these kinds off a cluster. Returns whether it had any."""
+        with self._tx() as tx:
+            return tx.execute(q.drop_mark, {"cluster": cluster, "kinds": list(kinds)}).rowcount > 0
+
+    def marks(self) -> list[ClusterMark]:
+        """Every mark on every cluster, by cluster then kind."""
+        with self._read() as db:
+            return [ClusterMark(**row) for row in db.execute(q.all_marks).mappings()]
 
     def record_reservation(self, submission_id: str, nodes: Sequence[str], at: float) -> bool:
         """Record that an attempt's launcher holds its reservation (first report only). Returns whether it was new."""
@@ -692,6 +717,34 @@ class Ledger:
         for row in db.execute(q.attempts_of, {"job_ids": list(ids)}):
             out.setdefault(row[1], []).append(AttemptRecord(*row[:7], JobState(row[7]), *row[8:]))
         return out
+
+
+CORDON = "cordon"  # no new placements; running jobs go on
+DRAIN = "drain"  # cordoned, and its jobs are to leave (wait for them, or move those that may be retried)
+LAUNCHER_UNFIT = "launcher"  # its python cannot run rayfleet's launcher: no jobs that need the launcher
+MARKS = (CORDON, DRAIN, LAUNCHER_UNFIT)
+
+
+@dataclass(frozen=True)
+class ClusterMark:
+    """A mark on a cluster (`Ledger.mark`): what, when, by whom, why; ``session``: the cluster's Ray session then."""
+
+    cluster: str
+    kind: str
+    at: float
+    by: str
+    reason: str
+    session: str | None = None
+
+
+@dataclass(frozen=True)
+class SavedLogs:
+    """An attempt's logs as saved: the text, when (ledger clock), and whether final or a checkpoint of a job still
+    running."""
+
+    text: str
+    saved_at: float
+    final: bool
 
 
 @dataclass(frozen=True)

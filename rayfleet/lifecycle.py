@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from rayfleet.launcher import RESERVATION_TIMEOUT_EXIT
+from rayfleet.launcher import LAUNCHER_UNFIT_EXIT, RESERVATION_TIMEOUT_EXIT, UNFIT_MARKER
 from rayfleet.states import JobState
 
 
@@ -79,6 +79,7 @@ class Step:
     exclude_tried: bool = False  # exclude every cluster the job has been tried on, not only this attempt's
     replacing_unknown: bool = False
     lost: bool = False  # a loss: whether it is placed again depends on `retry_after_loss`
+    unfit: bool = False  # its cluster cannot run the launcher: mark it so (the command never ran)
 
 
 WAIT = Step()
@@ -122,10 +123,36 @@ def follow(attempt: AttemptView, look: Observation, now: float, rules: Rules, *,
         state = JobState.STARTING  # Ray runs the launcher; the command has not started
     if state == attempt.state or (state is JobState.STARTING and attempt.state is JobState.RUNNING):
         return WAIT
+    if state is JobState.FAILED and (why := launcher_unfit(look.message)) is not None:
+        detail = f"cluster {attempt.cluster} cannot run rayfleet's launcher: {why}"
+        return Step(state, detail, again=not grouped, exclude_tried=True, unfit=True)  # the command never ran there
     if state is JobState.FAILED and not_reserved(look.message):
-        detail = f"not reserved within the start timeout: {look.message}"
+        detail = f"not reserved within the start timeout: {short_message(look.message)}"
         return Step(state, detail, again=not grouped, exclude_tried=True)  # the command never ran there
-    return Step(state, look.message)
+    return Step(state, short_message(look.message))
+
+
+DETAIL_LOG_LINES = 3  # the last lines of a job's log kept in its recorded reason (the whole log: `rayfleet logs`)
+DETAIL_CHARS = 400
+
+
+def short_message(message: str | None) -> str | None:
+    """Ray's message about a job, short enough for a reason: Ray appends up to 20,000 characters of the job's log to
+    a failure ("..., last available logs (truncated to 20,000 chars):" and the log); keep its first line and the
+    log's last few lines, and say where the rest is.
+
+    Example:
+        >>> short_message("Job entrypoint command failed with exit code 1, last available logs (truncated to 20,000 "
+        ...               "chars):\\nstep 1\\nstep 2\\nValueError: bad")
+        'Job entrypoint command failed with exit code 1; its log ends: step 1 | step 2 | ValueError: bad'
+    """
+    if not message:
+        return message
+    head, sep, rest = message.partition("\n")
+    head = head.split(", last available logs")[0].rstrip(":")
+    lines = [line.strip() for line in rest.splitlines() if line.strip()][-DETAIL_LOG_LINES:] if sep else []
+    text = f"{head}; its log ends: {' | '.join(lines)}" if lines else head
+    return text if len(text) <= DETAIL_CHARS else text[: DETAIL_CHARS - 1] + "…"
 
 
 def loss_reason(cluster: str, recorded: str | None, now: str | None) -> str:
@@ -138,6 +165,26 @@ def loss_reason(cluster: str, recorded: str | None, now: str | None) -> str:
 def not_reserved(message: str | None) -> bool:
     """Whether Ray's message says the launcher gave up waiting for its reservation (the command never ran)."""
     return bool(message) and f"exit code {RESERVATION_TIMEOUT_EXIT}" in message  # type: ignore[operator]
+
+
+LAUNCHER_RECHECK_S = 600.0  # a cluster found unable to run the launcher is passed over this long (or until it restarts)
+
+
+def launcher_unfit(message: str | None) -> str | None:
+    """Why the launcher could not run on the job's cluster (its marker line, without the marker), when Ray's message
+    says so: exit ``LAUNCHER_UNFIT_EXIT`` with the marker in the log; else None."""
+    if not message or f"exit code {LAUNCHER_UNFIT_EXIT}" not in message:
+        return None
+    line = next((line for line in message.splitlines() if line.startswith(UNFIT_MARKER)), None)
+    return None if line is None else line[len(UNFIT_MARKER) :].lstrip(": ").strip() or "no reason given"
+
+
+def launcher_mark_holds(at: float, session: str | None, now: float, session_now: str | None) -> bool:
+    """Whether a cluster marked unable to run the launcher at ``at`` (in Ray session ``session``) is still passed
+    over: for `LAUNCHER_RECHECK_S`, and not once it runs a new session (restarted, perhaps fixed)."""
+    if session is not None and session_now is not None and session != session_now:
+        return False
+    return now - at < LAUNCHER_RECHECK_S
 
 
 def retry_after_loss(lost: int, max_retries: int) -> bool:

@@ -7,11 +7,23 @@ change, never edited once released); this description must match their result, w
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, ForeignKey, Index, Integer, MetaData, Table, Text, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    true,
+)
 
 # the revision of the newest migration, and the schema version it makes (SQLite's PRAGMA user_version mirrors it, so
 # an older rayfleet that knows only user_version still refuses a ledger newer than itself)
-HEAD = "0006"
+HEAD = "0007"
 SCHEMA_VERSION = int(HEAD)
 
 metadata = MetaData()
@@ -90,6 +102,7 @@ saved_logs = Table(
     Column("submission_id", Text, ForeignKey("attempts.submission_id"), primary_key=True),
     Column("saved_at", Float, nullable=False),
     Column("logs", Text, nullable=False),
+    Column("final", Boolean, nullable=False, server_default=true()),  # False: a checkpoint of a job still running
 )
 
 reservations = Table(
@@ -107,4 +120,15 @@ leases = Table(
     Column("holder", Text, nullable=False),
     Column("epoch", Integer, nullable=False),
     Column("expires_at", Float, nullable=False),
+)
+
+cluster_marks = Table(
+    "cluster_marks",
+    metadata,
+    Column("cluster", Text, primary_key=True),
+    Column("kind", Text, primary_key=True),  # `rayfleet.ledger.MARKS`
+    Column("at", Float, nullable=False),
+    Column("by", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("session", Text),
 )

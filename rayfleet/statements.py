@@ -10,7 +10,16 @@ from __future__ import annotations
 from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.dialects.sqlite import insert as upsert
 
-from rayfleet.schema import attempts, jobs, leases, managed_clusters, reservations, saved_logs, transitions
+from rayfleet.schema import (
+    attempts,
+    cluster_marks,
+    jobs,
+    leases,
+    managed_clusters,
+    reservations,
+    saved_logs,
+    transitions,
+)
 from rayfleet.states import TERMINAL, JobState
 
 # the states in which an attempt may hold resources its cluster's probes do not show yet
@@ -128,7 +137,17 @@ all_managed = select(managed_clusters).order_by(managed_clusters.c.created_at)
 live_managed = all_managed.where(managed_clusters.c.state.in_(LIVE_MANAGED))
 _save_logs = upsert(saved_logs)  # executed with every column's value
 save_logs = _save_logs.on_conflict_do_update(
-    index_elements=["submission_id"], set_={c: _save_logs.excluded[c] for c in ("saved_at", "logs")}
+    index_elements=["submission_id"], set_={c: _save_logs.excluded[c] for c in ("saved_at", "logs", "final")}
 )
-saved_logs_of = select(saved_logs.c.logs).where(saved_logs.c.submission_id == bindparam("submission_id"))
+saved_logs_of = select(saved_logs.c.logs, saved_logs.c.saved_at, saved_logs.c.final).where(
+    saved_logs.c.submission_id == bindparam("submission_id")
+)
+_put_mark = upsert(cluster_marks)  # executed with every column's value
+put_mark = _put_mark.on_conflict_do_update(
+    index_elements=["cluster", "kind"], set_={c: _put_mark.excluded[c] for c in ("at", "by", "reason", "session")}
+)
+drop_mark = cluster_marks.delete().where(
+    (cluster_marks.c.cluster == bindparam("cluster")) & cluster_marks.c.kind.in_(bindparam("kinds", expanding=True))
+)
+all_marks = select(cluster_marks).order_by(cluster_marks.c.cluster, cluster_marks.c.kind)
 add_reservation = upsert(reservations).on_conflict_do_nothing()  # the first report only

@@ -1,8 +1,8 @@
 """`Dispatcher`: the one owner of a fleet's state (clusters, holds, lock, clock) and its loop's turn (`tick`).
 
 Its duties live in modules named for them, as mixins that use this state: `placing` (decide and submit one attempt),
-`queue`, `creations` (clusters on demand), `following` (refresh, fail over, retry). The timing rules are pure
-functions in `rayfleet.lifecycle`.
+`queue`, `creations` (clusters on demand), `following` (refresh, fail over, retry), `logs` (saved as jobs run, read
+back). The timing rules are pure functions in `rayfleet.lifecycle`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from rayfleet.capacity import Prober
 from rayfleet.config import POLICIES, Cluster, FleetConfig
 from rayfleet.dispatch.creations import Creations
 from rayfleet.dispatch.following import Following
+from rayfleet.dispatch.logs import Logs
 from rayfleet.dispatch.placing import Placing
 from rayfleet.dispatch.queue import Queue
 from rayfleet.dispatch.submission import (
@@ -40,7 +41,7 @@ from rayfleet.resources import Gang, Resources
 log = logging.getLogger("rayfleet.dispatch")
 
 
-class Dispatcher(Placing, Queue, Creations, Following):
+class Dispatcher(Placing, Queue, Creations, Following, Logs):
     """Places and submits jobs on a fleet, records everything in the ledger, and follows their state.
 
     Args:
@@ -220,6 +221,7 @@ class Dispatcher(Placing, Queue, Creations, Following):
                 self.refresh(job.id)
             except RayfleetError as e:  # one job's trouble must not stop the turn
                 log.warning("job %s: %s", job.id, e)
+        self.checkpoint_logs()
         self.place_queued()
         deleted = []
         now = self._clock()

@@ -372,16 +372,11 @@ class Creations:
         record = self._managed.get(name) or self.ledger.managed_record(name)
         if record is None:
             raise UnknownClusterError(f"{name} is not a managed cluster", "see 'rayfleet clusters'")
-        backend = self._backends.get(name)
         for job in self.ledger.jobs_on(name):
             for attempt in job.attempts:
-                if (
-                    attempt.cluster == name
-                    and backend is not None
-                    and self.ledger.saved_logs(attempt.submission_id) is None
-                ):
-                    with contextlib.suppress(RayfleetError):
-                        self.ledger.save_logs(attempt.submission_id, backend.logs(attempt.submission_id))
+                saved = self.ledger.saved_logs(attempt.submission_id) if attempt.cluster == name else None
+                if attempt.cluster == name and (saved is None or not saved.final):
+                    self._save_log(attempt, final=True)
         provisioner = self._provisioners[record.provisioner]
         provisioner.delete(ManagedCluster(name, record.provisioner, record.template, record.namespace))
         self.ledger.update_managed(name, state="DELETED", ended_at=self._clock())

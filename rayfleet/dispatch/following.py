@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import time
-from collections.abc import Iterator
 
 from rayfleet.backends.ray_jobs import RayJobs
 from rayfleet.dispatch.submission import Submission
 from rayfleet.errors import ClusterError, ClusterUnreachableError, JobNotFoundError, RayfleetError, UnknownClusterError
-from rayfleet.ledger import AttemptRecord, JobRecord
+from rayfleet.ledger import LAUNCHER_UNFIT, AttemptRecord, JobRecord
 from rayfleet.lifecycle import WAIT, AttemptView, Observation, Rules, Seen, Step, follow, loss_reason, retry_after_loss
 from rayfleet.report import speaks_report
 from rayfleet.states import JobState
@@ -89,6 +90,12 @@ class Following:
         job = self.ledger.job(job.id)
         if not moved:
             return job  # another process moved it first
+        if step.record is not None and step.record.is_terminal():
+            self.finish_log(attempt)
+        if step.unfit:
+            me = f"{socket.gethostname()}:{os.getpid()}"
+            self.ledger.mark(attempt.cluster, LAUNCHER_UNFIT, by=me, reason=step.detail or "", session=attempt.session)
+            log.warning("job %s: %s; placing it elsewhere, and no launcher job goes there for now", job.id, step.detail)
         if step.lost:
             return self._after_loss(job)
         if not step.again:
@@ -196,18 +203,6 @@ class Following:
                 "use the fleet definition the job was submitted with",
             )
         return self._backends[attempt.cluster], attempt.submission_id
-
-    def logs(self, job_id: str) -> str:
-        """The newest attempt's output: from its cluster, or as saved when its managed cluster was deleted."""
-        attempt = self.ledger.job(job_id).last_attempt
-        if attempt is not None and (saved := self.ledger.saved_logs(attempt.submission_id)) is not None:
-            return saved
-        backend, sid = self._attempt(job_id)
-        return backend.logs(sid)
-
-    def tail(self, job_id: str) -> Iterator[str]:
-        backend, sid = self._attempt(job_id)
-        return backend.tail(sid)
 
     def stop(self, job_id: str) -> bool:
         """Stop a job (withdraw it from the queue, or ask its cluster to stop it) and, first, its children: the jobs

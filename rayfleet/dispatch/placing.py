@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -24,13 +25,18 @@ from rayfleet.dispatch.submission import (
     _Target,
 )
 from rayfleet.errors import AttemptFencedError, ClusterError, ClusterUnreachableError, JobNotFoundError, NoCapacityError
-from rayfleet.ledger import AttemptConflict, AttemptRecord, JobRecord
-from rayfleet.lifecycle import hold_counts
+from rayfleet.ledger import CORDON, DRAIN, LAUNCHER_UNFIT, AttemptConflict, AttemptRecord, JobRecord
+from rayfleet.lifecycle import hold_counts, launcher_mark_holds
 from rayfleet.placement import Decision, Hold, place
 from rayfleet.placement.fragmentation import learn_mix
 from rayfleet.states import JobState
 
 log = logging.getLogger("rayfleet.dispatch")
+
+
+def decision_unavailable(decision: Decision) -> frozenset[str]:
+    """The clusters a decision passed over for a mark (cordoned, draining, unfit): no headroom or wait there either."""
+    return frozenset(o.cluster for o in decision.options if o.unavailable)
 
 
 class Placing:
@@ -46,8 +52,26 @@ class Placing:
     def _decide(self, sub: Submission, exclude: frozenset[str]) -> tuple[Decision, dict[str, ClusterSnapshot]]:
         names = [sub.cluster] if sub.cluster else None
         snapshots = self.snapshots(names)
-        decision = place(sub.request(exclude), self.clusters, snapshots, self._live_holds(snapshots), mix=self._mix)
+        request = sub.request(exclude, self.unavailable(sub, snapshots))
+        decision = place(request, self.clusters, snapshots, self._live_holds(snapshots), mix=self._mix)
         return decision, snapshots
+
+    def unavailable(self, sub: Submission, snapshots: Mapping[str, ClusterSnapshot]) -> dict[str, str]:
+        """The clusters this job may not use now, by the marks in the ledger (every dispatcher sharing it honours
+        them), with why: cordoned or draining; for a job that needs the launcher, a cluster whose ``python`` could
+        not run it (until the cluster restarts, or for ``LAUNCHER_RECHECK_S``: then the next such job checks again)."""
+        now, out = self._clock(), {}
+        for mark in self.ledger.marks():
+            when = time.strftime("%H:%M:%S", time.localtime(mark.at))
+            if mark.kind in (CORDON, DRAIN):
+                verb = "draining" if mark.kind == DRAIN else "cordoned"
+                out[mark.cluster] = f"{verb} by {mark.by} at {when}" + (f": {mark.reason}" if mark.reason else "")
+            elif mark.kind == LAUNCHER_UNFIT and sub.launched and mark.cluster not in out:
+                snap = snapshots.get(mark.cluster)
+                session = snap.session_name if snap is not None and snap.healthy else None
+                if launcher_mark_holds(mark.at, mark.session, now, session):
+                    out[mark.cluster] = f"{mark.reason} (found at {when})"
+        return out
 
     def _pin(self, sub: Submission, snapshot: ClusterSnapshot | None, node_id: str | None) -> str | None:
         """The ``node:<ip>`` resource that keeps a one-bundle job on the node placement chose, or None: pinning is
@@ -185,13 +209,14 @@ class Placing:
                     pin=pin,
                 )
             else:
-                target = self._headroom(sub, snapshots, exclude)
+                target = self._headroom(sub, snapshots, exclude | decision_unavailable(decision))
             if target is None:
                 if replacing_unknown:  # its UNKNOWN attempt may still run: wait for room, do not create for it
                     return _Outcome(False, in_ledger, decision)
                 created, in_ledger = self._provision(
-                    sub, job_id, snapshots, exclude, history, in_ledger=in_ledger, avoid=avoid
-                )
+                    sub, job_id, snapshots, exclude | decision_unavailable(decision), history, in_ledger=in_ledger,
+                    avoid=avoid,
+                )  # fmt: skip
                 return _Outcome(False, in_ledger, decision, provisioning=created)
             try:
                 reached = self._submit_attempt(

@@ -5,10 +5,18 @@ from __future__ import annotations
 import logging
 
 from rayfleet.dispatch.submission import Submission, next_in_queue
+from rayfleet.ledger import JobRecord
 from rayfleet.lifecycle import queue_expired
 from rayfleet.states import JobState
 
 log = logging.getLogger("rayfleet.dispatch")
+
+
+def expiry_reason(job: JobRecord, deadline: float | None, now: float) -> str:
+    """Why a queued job failed at its deadline: how long it waited, its limit, and what it was waiting for."""
+    waited, limit = now - job.created_at, (deadline or now) - job.created_at
+    why = f"; it was {job.reason}" if job.reason else ""
+    return f"waited {waited:.0f} s in the queue, past its queue timeout of {limit:.0f} s{why}"
 
 
 class Queue:
@@ -36,7 +44,7 @@ class Queue:
             waiting.remove(job)
             sub = Submission.from_job(job)
             if queue_expired(sub.queue_deadline, now):
-                self.ledger.record_job(job.id, JobState.FAILED, "waited in the queue past its deadline (wait=...)")
+                self.ledger.record_job(job.id, JobState.FAILED, expiry_reason(job, sub.queue_deadline, now))
                 continue
             outcome = self._place(sub, job.id, len(job.attempts) + 1, frozenset(), [], in_ledger=True)
             if outcome.settled:

@@ -83,8 +83,12 @@ class Submission(BaseModel):
     at_least_once: bool = False  # also place it again when its cluster stays unreachable (it may then run twice)
     group: dict[str, Any] | None = None  # the rendezvous of a group of jobs (rayfleet.group)
 
-    def request(self, exclude: frozenset[str] = frozenset()) -> PlacementRequest:
-        return PlacementRequest(self.resources, dict(self.labels), self.cluster, self.policy, exclude, self.gang)
+    def request(
+        self, exclude: frozenset[str] = frozenset(), unavailable: Mapping[str, str] | None = None
+    ) -> PlacementRequest:
+        return PlacementRequest(
+            self.resources, dict(self.labels), self.cluster, self.policy, exclude, self.gang, dict(unavailable or {})
+        )
 
     def describe(self) -> str:
         return self.gang.describe() if self.gang is not None else self.resources.describe()

@@ -49,6 +49,10 @@ Exit codes and log markers a dispatcher can rely on (a marker is a whole line of
   command never ran. A command may exit 75 itself: only the marker tells the two apart.
 - ``rayfleet: launcher error`` and exit ``LAUNCHER_ERROR_EXIT`` (76) -- a bad spec or a failure before the command
   started: the command never ran.
+- ``rayfleet: cluster unfit: <why>`` and exit ``LAUNCHER_UNFIT_EXIT`` (78) -- the ``python`` on the cluster's PATH
+  cannot import Ray, or cannot connect to its cluster: the command never ran; the dispatcher places the job elsewhere
+  and passes the cluster over for launcher jobs (a Python with Ray, of the cluster's version, is the one thing a
+  cluster needs).
 - ``rayfleet: stopped by signal <n>`` -- the job was stopped (``stop_job``); the launcher stops the command (if it
   had started) and removes the group.
 - ``rayfleet: stopped before it started`` / ``... while reserving`` and exit ``STOPPED_EXIT`` (143) -- Ray records
@@ -106,6 +110,7 @@ from .spec import (
     GROUP_GO_MARKER,
     GROUP_RESERVED_MARKER,
     LAUNCHER_ERROR_EXIT,
+    LAUNCHER_UNFIT_EXIT,
     LOST_MARKER,
     MARKER,
     ORPHANED_MARKER,
@@ -120,6 +125,7 @@ from .spec import (
     STOPPED_MARKER,
     STRATEGIES,
     TIMEOUT_MARKER,
+    UNFIT_MARKER,
     SpecError,
     command_task_name,
     is_remote_uri,
@@ -142,6 +148,7 @@ __all__ = [
     "GROUP_GO_MARKER",
     "GROUP_RESERVED_MARKER",
     "LAUNCHER_ERROR_EXIT",
+    "LAUNCHER_UNFIT_EXIT",
     "LOST_MARKER",
     "MARKER",
     "ORPHANED_MARKER",
@@ -159,6 +166,7 @@ __all__ = [
     "STOPPED_MARKER",
     "STRATEGIES",
     "TIMEOUT_MARKER",
+    "UNFIT_MARKER",
     "WAIT",
     "WITHDRAW",
     "FsspecStore",

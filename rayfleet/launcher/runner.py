@@ -35,6 +35,7 @@ from .spec import (
     GROUP_GO_MARKER,
     GROUP_RESERVED_MARKER,
     LAUNCHER_ERROR_EXIT,
+    LAUNCHER_UNFIT_EXIT,
     LOST_MARKER,
     ORPHANED_MARKER,
     PLACEMENT_GROUP_ENV,
@@ -44,6 +45,7 @@ from .spec import (
     STOPPED_EXIT,
     STOPPED_MARKER,
     TIMEOUT_MARKER,
+    UNFIT_MARKER,
     SpecError,
     command_task_name,
     parse_spec,
@@ -482,13 +484,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as e:
         _say(f"{ERROR_MARKER}: {e}")
         return LAUNCHER_ERROR_EXIT
+    python = f"{sys.executable} (Python {sys.version_info.major}.{sys.version_info.minor})"
     try:
         import ray
-
+    except ImportError as e:
+        _say(f"{UNFIT_MARKER}: the python on this cluster's PATH, {python}, cannot import Ray: {e}")
+        return LAUNCHER_UNFIT_EXIT
+    try:
         ray.init(log_to_driver=False)
     except Exception as e:
-        _say(f"{ERROR_MARKER}: cannot connect to the Ray cluster: {type(e).__name__}: {e}")
-        return LAUNCHER_ERROR_EXIT
+        cause = f"{type(e).__name__}: {e}"
+        _say(f"{UNFIT_MARKER}: {python} with Ray {ray.__version__} cannot connect to its cluster: {cause}")
+        return LAUNCHER_UNFIT_EXIT
     # Ray's stop_job sends SIGTERM: stop the command and remove the group. After ray.init(), which installs its own.
     signal.signal(signal.SIGTERM, _on_sigterm)
     _follow_parent()

@@ -21,6 +21,10 @@ MARKER = "rayfleet:"  # every line the launcher itself prints starts with this
 RESERVED_MARKER = "rayfleet: reserved"
 TIMEOUT_MARKER = "rayfleet: reservation timed out"
 ERROR_MARKER = "rayfleet: launcher error"
+# the cluster's python cannot run the launcher (no Ray in it, or it cannot reach its cluster): the command never ran,
+# and the dispatcher passes the cluster over for launcher jobs
+LAUNCHER_UNFIT_EXIT = 78
+UNFIT_MARKER = "rayfleet: cluster unfit"
 LOST_MARKER = "rayfleet: command lost"
 STOPPED_MARKER = "rayfleet: stopped"
 GROUP_RESERVED_MARKER = "rayfleet: group member reserved"  # this member holds its reservation; the group decides

@@ -28,6 +28,7 @@ class PlacementRequest:
         policy: ``binpack``, ``spread`` or ``cost``.
         exclude: clusters not to use (failover).
         gang: bundles that must all fit at once on one cluster, each on a node its strategy allows.
+        unavailable: clusters the job may not use now, with why (cordoned, draining, cannot run the launcher).
     """
 
     resources: Resources = field(default_factory=Resources)
@@ -36,6 +37,7 @@ class PlacementRequest:
     policy: str = "binpack"
     exclude: frozenset[str] = frozenset()
     gang: Gang | None = None
+    unavailable: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -60,6 +62,7 @@ class Option:
         accelerator: the concrete GPU model chosen, if the request allowed several.
         too_large: it would not fit even on an empty node of this cluster.
         bundle_nodes: the node of each bundle, in bundle order (a plain job's one node); ``None`` when it does not fit.
+        unavailable: it was passed over for a mark on it (`PlacementRequest.unavailable`), not for its capacity.
     """
 
     cluster: str
@@ -70,6 +73,7 @@ class Option:
     accelerator: str | None = None
     too_large: bool = False
     bundle_nodes: tuple[str, ...] | None = None
+    unavailable: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,9 @@ def place(
     total = gang.total
     options = []
     for cluster in clusters:
+        if cluster.name in request.unavailable:
+            options.append(Option(cluster.name, False, request.unavailable[cluster.name], unavailable=True))
+            continue
         snapshot = snapshots.get(cluster.name)
         reason = _precheck(request, cluster, snapshot)
         if reason:

@@ -13,7 +13,17 @@ import pytest
 import sqlalchemy
 
 from rayfleet.errors import JobNotFoundError, LedgerError
-from rayfleet.ledger import LEDGER_ENV, AttemptConflict, Ledger, NewCluster, default_path
+from rayfleet.ledger import (
+    CORDON,
+    DRAIN,
+    LAUNCHER_UNFIT,
+    LEDGER_ENV,
+    AttemptConflict,
+    Ledger,
+    NewCluster,
+    SavedLogs,
+    default_path,
+)
 from rayfleet.resources import Resources
 from rayfleet.schema import SCHEMA_VERSION
 from rayfleet.states import JobState
@@ -269,7 +279,7 @@ def test_a_missing_directory_is_created_private(tmp_path):
 
 
 def test_a_new_ledger_has_every_migration(ledger):
-    assert ledger.schema_version == SCHEMA_VERSION == 6
+    assert ledger.schema_version == SCHEMA_VERSION == 7
 
 
 def make_legacy_ledger(path, version: int) -> None:
@@ -341,7 +351,7 @@ def test_managed_clusters_move_through_their_states_and_saved_logs_outlive_them(
     ledger.update_managed("c1", state="DELETED", ended_at=200.0)
     assert ledger.managed() == []
     assert [c.state for c in ledger.managed(live_only=False)] == ["DELETED"]
-    assert ledger.saved_logs("j1-1") == "final words"
+    assert (ledger.saved_logs("j1-1").text, ledger.saved_logs("j1-1").final) == ("final words", True)
     with pytest.raises(LedgerError, match="cannot update"):
         ledger.update_managed("c1", template="other")
 
@@ -388,7 +398,7 @@ def test_a_ledger_with_a_newer_schema_is_refused(path):
 
     with pytest.raises(LedgerError) as info:
         Ledger(path)
-    assert "schema version 99, newer than this rayfleet knows (6)" in str(info.value)
+    assert f"schema version 99, newer than this rayfleet knows ({SCHEMA_VERSION})" in str(info.value)
     assert "To fix: upgrade rayfleet" in str(info.value)
 
 
@@ -577,3 +587,30 @@ def test_a_commit_that_fails_is_undone_and_the_ledger_goes_on(ledger):
     assert ledger.jobs() == []
     add(ledger)
     assert [j.id for j in ledger.jobs()] == ["j1"]
+
+
+def test_a_checkpoint_is_replaced_by_the_next_save_and_says_when_it_was_taken(ledger):
+    add(ledger)
+    ledger.clock = lambda: 50.0
+    ledger.save_logs("j1-1", "line 1\n", final=False)
+    first = ledger.saved_logs("j1-1")
+    ledger.clock = lambda: 80.0
+    ledger.save_logs("j1-1", "line 1\nline 2\n", final=True)
+    assert (first.text, first.saved_at, first.final) == ("line 1\n", 50.0, False)
+    assert ledger.saved_logs("j1-1") == SavedLogs("line 1\nline 2\n", 80.0, True)
+    assert ledger.saved_logs("j1-2") is None
+
+
+def test_marks_on_clusters_are_kept_replaced_and_taken_off_by_kind(ledger):
+    ledger.mark("gpu-a", CORDON, by="alice", reason="disk swap")
+    ledger.mark("gpu-a", LAUNCHER_UNFIT, by="host:1", reason="no Ray in python", session="s1")
+    ledger.mark("gpu-a", CORDON, by="bob", reason="still swapping")  # again: replaced
+    assert [(m.cluster, m.kind, m.by, m.reason, m.session) for m in ledger.marks()] == [
+        ("gpu-a", CORDON, "bob", "still swapping", None),
+        ("gpu-a", LAUNCHER_UNFIT, "host:1", "no Ray in python", "s1"),
+    ]
+    assert ledger.unmark("gpu-a", [CORDON, DRAIN]) is True
+    assert ledger.unmark("gpu-a", [CORDON, DRAIN]) is False
+    assert [m.kind for m in ledger.marks()] == [LAUNCHER_UNFIT]
+    with pytest.raises(LedgerError, match="unknown cluster mark 'paused'"):
+        ledger.mark("gpu-a", "paused", by="x", reason="y")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rayfleet.lifecycle import (
+    LAUNCHER_RECHECK_S,
     WAIT,
     AttemptView,
     Creation,
@@ -15,10 +16,13 @@ from rayfleet.lifecycle import (
     creation_step,
     follow,
     hold_counts,
+    launcher_mark_holds,
+    launcher_unfit,
     loss_reason,
     not_reserved,
     queue_expired,
     retry_after_loss,
+    short_message,
 )
 from rayfleet.states import JobState as S
 
@@ -111,6 +115,59 @@ def test_an_unknown_attempt_of_an_at_least_once_job_is_placed_again_and_may_stil
     step = follow(view(S.RUNNING), look(Seen.UNREACHABLE, message="x"), T0 + 30, RULES, at_least_once=True)
     assert (step.record, step.again, step.replacing_unknown) == (S.UNKNOWN, True, True)
     assert follow(view(S.RUNNING), look(Seen.UNREACHABLE), T0 + 29, RULES, at_least_once=True) is WAIT
+
+
+RAY_FAILURE = "Job entrypoint command failed with exit code {code}, last available logs (truncated to 20,000 chars):\n"
+UNFIT = RAY_FAILURE.format(code=78) + (
+    "rayfleet: cluster unfit: the python on this cluster's PATH, /usr/bin/python3 (Python 3.11), cannot import Ray: "
+    "No module named 'ray'\n"
+)
+
+
+def test_a_cluster_whose_python_cannot_run_the_launcher_is_marked_and_the_job_placed_elsewhere():
+    step = follow(view(S.STARTING), look(STATUS, "FAILED", UNFIT), T0 + 1, RULES)
+    why = "the python on this cluster's PATH, /usr/bin/python3 (Python 3.11), cannot import Ray: No module named 'ray'"
+    assert step == Step(S.FAILED, f"cluster a cannot run rayfleet's launcher: {why}", again=True, exclude_tried=True,
+                        unfit=True)  # fmt: skip
+    # a group member is not placed again alone, but its cluster is still marked
+    grouped = follow(view(S.STARTING), look(STATUS, "FAILED", UNFIT), T0 + 1, RULES, grouped=True)
+    assert (grouped.again, grouped.unfit) == (False, True)
+
+
+@pytest.mark.parametrize(
+    ("message", "why"),
+    [
+        (UNFIT, UNFIT.splitlines()[1].removeprefix("rayfleet: cluster unfit: ")),
+        (RAY_FAILURE.format(code=78) + "my own program exits 78\n", None),  # the user's command: no marker line
+        (RAY_FAILURE.format(code=1) + "rayfleet: cluster unfit: quoted by the user\n", None),  # not the launcher's code
+        (None, None),
+    ],
+)
+def test_only_the_launchers_own_exit_and_marker_say_a_cluster_is_unfit(message, why):
+    assert launcher_unfit(message) == why
+
+
+@pytest.mark.parametrize(
+    ("session", "now", "session_now", "holds"),
+    [
+        ("s1", T0 + LAUNCHER_RECHECK_S - 1, "s1", True),
+        ("s1", T0 + LAUNCHER_RECHECK_S, "s1", False),  # checked again by the next launcher job
+        ("s1", T0 + 1, "s2", False),  # the cluster restarted: perhaps fixed
+        ("s1", T0 + 1, None, True),  # no reading of its session now: the mark stands
+        (None, T0 + 1, "s2", True),
+    ],
+)
+def test_a_launcher_mark_lasts_until_the_recheck_or_a_restart(session, now, session_now, holds):
+    assert launcher_mark_holds(T0, session, now, session_now) is holds
+
+
+def test_a_failures_reason_keeps_rays_first_line_and_the_logs_last_lines_not_20000_characters():
+    log = "\n".join(f"line {i}" for i in range(5000))
+    short = short_message(RAY_FAILURE.format(code=1) + log)
+    assert short == "Job entrypoint command failed with exit code 1; its log ends: line 4997 | line 4998 | line 4999"
+    assert short_message("Job was intentionally stopped.") == "Job was intentionally stopped."
+    assert len(short_message("x" * 5000)) == 400
+    assert short_message(None) is None
 
 
 def test_a_group_member_that_was_not_reserved_is_not_placed_again_alone():
