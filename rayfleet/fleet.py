@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import os
 import socket
@@ -16,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 from rayfleet.capacity import ClusterSnapshot
 from rayfleet.config import Cluster, FleetConfig
 from rayfleet.dispatch import Dispatcher
-from rayfleet.errors import ConfigError, LeaseLostError, RayfleetError
+from rayfleet.dispatch.submission import _default_owner
+from rayfleet.errors import ConfigError, JobNotFoundError, LeaseLostError, RayfleetError, UnknownClusterError
 from rayfleet.group import DEFAULT_GROUP_TIMEOUT_S, GroupHandle, GroupMember, submit_group
 from rayfleet.jobs import JobHandle
-from rayfleet.ledger import Lease, Ledger
+from rayfleet.ledger import CORDON, DRAIN, ClusterMark, Lease, Ledger
 from rayfleet.placement import Decision
 from rayfleet.resources import Gang, Resources
 from rayfleet.states import JobState
@@ -212,6 +214,7 @@ class Fleet:
         max_retries: int = 0,
         at_least_once: bool = False,
         reservation_timeout_s: float | None = None,
+        timeout_s: float | None = None,
     ) -> JobHandle:
         """Place a job on the best cluster and submit it through Ray's Job Submission API.
 
@@ -244,6 +247,8 @@ class Fleet:
             at_least_once: also run it again elsewhere when its cluster stays unreachable past
                 ``unknown_after_s`` (it may then run twice; the stale run is stopped when the cluster is back).
             reservation_timeout_s: the former name of ``start_timeout_s``.
+            timeout_s: the most seconds the job may run; then the loop (or `JobHandle.wait`/`status`) stops it and
+                records it FAILED with that reason.
 
         Returns:
             A `JobHandle`.
@@ -271,6 +276,7 @@ class Fleet:
             owner=owner,
             max_retries=max_retries,
             at_least_once=at_least_once,
+            timeout_s=timeout_s,
         )
         job_id = self._dispatcher.submit(sub)
         self._submitted.append(job_id)
@@ -329,6 +335,66 @@ class Fleet:
         """The job with this id (raises `JobNotFoundError`)."""
         self.ledger.job(job_id)
         return JobHandle(self._dispatcher, job_id)
+
+    # ----- marks on clusters, and stopping many jobs at once ------------------------------------------------------
+
+    def cordon(self, cluster: str, reason: str = "", *, by: str | None = None) -> None:
+        """No new placements on ``cluster`` (running jobs go on), by every dispatcher sharing the ledger, until
+        `uncordon`. Recorded with who did it (default: the user) and why; `explain` and ``rayfleet clusters`` say so."""
+        self.ledger.mark(self._known(cluster), CORDON, by=by or _default_owner(), reason=reason)
+
+    def uncordon(self, cluster: str) -> bool:
+        """Let placements onto ``cluster`` again (ends a cordon or a drain). Returns whether it was marked."""
+        return self.ledger.unmark(self._known(cluster), (CORDON, DRAIN))
+
+    def drain(self, cluster: str, reason: str = "", *, move: bool = False, by: str | None = None) -> list[str]:
+        """Cordon ``cluster`` as draining and, with ``move``, move its running jobs that may be retried
+        (``max_retries`` left) elsewhere: each is stopped there and placed again. The rest run to their end.
+        Returns the ids of the jobs moved; `active_on` says what is left."""
+        self.ledger.mark(self._known(cluster), DRAIN, by=by or _default_owner(), reason=reason)
+        if not move:
+            return []
+        why = f"moved off cluster {cluster}, which is being drained" + (f": {reason}" if reason else "")
+        return [a.job_id for a in self.ledger.active_attempts(cluster) if self._dispatcher.move(a.job_id, why)]
+
+    def active_on(self, cluster: str) -> list[JobHandle]:
+        """The jobs with an attempt not yet ended on ``cluster``."""
+        return [JobHandle(self._dispatcher, a.job_id) for a in self.ledger.active_attempts(self._known(cluster))]
+
+    def marks(self) -> dict[str, list[ClusterMark]]:
+        """The marks on each cluster (cordoned, draining, cannot run the launcher), by cluster."""
+        out: dict[str, list[ClusterMark]] = {}
+        for mark in self.ledger.marks():
+            out.setdefault(mark.cluster, []).append(mark)
+        return out
+
+    def stop_group(self, group_id: str) -> list[str]:
+        """Stop every job of a group (`submit_group`), on every cluster. Returns the ids of those stopped."""
+        return self._stop_where(lambda sub, job: (sub.group or {}).get("id") == group_id, f"group {group_id!r}")
+
+    def stop_pipeline(self, name: str) -> list[str]:
+        """Stop every job of the pipeline ``name`` that has not ended, on every cluster (its runner then stops the
+        stages that depend on them). Returns the ids of those stopped."""
+        return self._stop_where(lambda sub, job: (job.metadata or {}).get("pipeline") == name, f"pipeline {name!r}")
+
+    def _stop_where(self, member: Callable[[Any, Any], bool], what: str) -> list[str]:
+        from rayfleet.dispatch.submission import Submission
+
+        jobs = [j for j in self.ledger.jobs(limit=100_000, active_only=True) if member(Submission.from_job(j), j)]
+        if not jobs:
+            raise JobNotFoundError(f"no job of {what} is active in the ledger", "list jobs with 'rayfleet jobs'")
+        return [j.id for j in jobs if self._dispatcher.stop(j.id)]
+
+    def _known(self, cluster: str) -> str:
+        """``cluster``, if the fleet has it (configured or managed); else `UnknownClusterError` naming the near ones."""
+        names = [c.name for c in self.clusters]
+        if cluster not in names:
+            near = difflib.get_close_matches(cluster, names, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise UnknownClusterError(
+                f"no cluster named {cluster!r} in the fleet", f"{hint}clusters: {', '.join(names)}"
+            )
+        return cluster
 
 
 def _notice_waiting(ledger: Ledger, job_ids: list[str]) -> None:

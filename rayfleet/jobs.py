@@ -10,6 +10,7 @@ from rayfleet.states import JobState
 
 if TYPE_CHECKING:
     from rayfleet.dispatch import Dispatcher
+    from rayfleet.dispatch.logs import JobLog
 
 __all__ = ["JobHandle", "JobState"]
 
@@ -74,6 +75,11 @@ class JobHandle:
                 any of it was saved).
         """
         return self._dispatcher.logs(self.id, attempt)
+
+    def log(self, attempt: int | None = None) -> JobLog:
+        """Like `logs`, with a note when the text is not the live log (saved, when, and why: its cluster lost the
+        job, or no longer answers)."""
+        return self._dispatcher.job_log(self.id, attempt)
 
     def tail(self) -> Iterator[str]:
         """Yield the job's output as it is written, until the job ends."""

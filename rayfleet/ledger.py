@@ -680,6 +680,13 @@ class Ledger:
             jobs = [j for j in jobs if not j.state.is_terminal()][:limit]
         return jobs
 
+    def timeline(self, job_id: str) -> list[Transition]:
+        """Every state the job went through, its own (queued, waiting for a cluster, a verdict) and its attempts',
+        oldest first."""
+        with self._read() as db:
+            rows = db.execute(q.timeline, {"job_id": job_id}).all()
+        return [Transition(r.at, JobState(r.state), r.n, r.attempt_cluster or r.cluster, r.detail) for r in rows]
+
     def history(self, submission_id: str) -> list[tuple[JobState, float, str | None]]:
         """Every state an attempt went through, oldest first."""
         with self._read() as db:
@@ -735,6 +742,17 @@ class ClusterMark:
     by: str
     reason: str
     session: str | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One state change of a job: when, to what, of which attempt (None: of the job itself), where, and why."""
+
+    at: float
+    state: JobState
+    attempt: int | None
+    cluster: str | None
+    detail: str | None
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,11 @@ def launcher_mark_holds(at: float, session: str | None, now: float, session_now:
     return now - at < LAUNCHER_RECHECK_S
 
 
+def past_timeout(state: JobState, running_since: float, timeout_s: float | None, now: float) -> bool:
+    """Whether a job with a maximum run time (``timeout_s``) has run past it: RUNNING since ``running_since``."""
+    return timeout_s is not None and state is JobState.RUNNING and now - running_since >= timeout_s
+
+
 def retry_after_loss(lost: int, max_retries: int) -> bool:
     """Whether a job whose attempts were lost ``lost`` times gets another attempt (else it FAILS)."""
     return lost <= max_retries

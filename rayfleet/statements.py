@@ -80,6 +80,14 @@ renew_hold = (  # each step of an attempt's start renews the bound of its hold
     .where((attempts.c.submission_id == bindparam("sid")) & attempts.c.hold_window_s.is_not(None))
     .values(hold_until=case((attempts.c.hold_until > _renewed, attempts.c.hold_until), else_=_renewed))
 )
+# every state a job went through, its own and its attempts', in order (``rayfleet job``)
+timeline = (
+    select(transitions.c.at, transitions.c.state, attempts.c.n, transitions.c.cluster, transitions.c.detail)
+    .add_columns(attempts.c.cluster.label("attempt_cluster"))
+    .select_from(transitions.outerjoin(attempts, attempts.c.submission_id == transitions.c.submission_id))
+    .where(transitions.c.job_id == bindparam("job_id"))
+    .order_by(transitions.c.seq)
+)
 history = (
     select(transitions.c.state, transitions.c.at, transitions.c.detail)
     .where(transitions.c.submission_id == bindparam("submission_id"))

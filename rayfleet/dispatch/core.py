@@ -120,6 +120,7 @@ class Dispatcher(Placing, Queue, Creations, Following, Logs):
         owner: str | None = None,
         max_retries: int = 0,
         at_least_once: bool = False,
+        timeout_s: float | None = None,
     ) -> Submission:
         """Check a request before anything is recorded or sent. Raises `InvalidRequestError` subclasses."""
         if not isinstance(entrypoint, str) or not entrypoint.strip():
@@ -156,6 +157,10 @@ class Dispatcher(Placing, Queue, Creations, Following, Logs):
             raise InvalidRequestError(f"priority={priority!r} is not an integer", "give an int; higher runs first")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise InvalidRequestError(f"max_retries={max_retries!r}", "give an int >= 0")
+        if timeout_s is not None:
+            run_for = _number(timeout_s, "timeout_s")
+            if not run_for > 0 or run_for == float("inf"):
+                raise InvalidRequestError(f"timeout_s={timeout_s!r}", "give a finite number of seconds > 0, or None")
         if cluster is not None and cluster not in self._clusters:
             names = ", ".join(self._clusters)
             raise UnknownClusterError(f"no cluster named {cluster!r} in the fleet", f"pin to one of: {names}")
@@ -188,6 +193,7 @@ class Dispatcher(Placing, Queue, Creations, Following, Logs):
             owner=owner if owner is not None else _default_owner(),
             max_retries=max_retries,
             at_least_once=bool(at_least_once),
+            timeout_s=None if timeout_s is None else float(timeout_s),
         )
 
     def _join(self, cluster: Cluster, record: ManagedClusterRecord | None) -> None:

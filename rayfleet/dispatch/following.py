@@ -12,7 +12,18 @@ from rayfleet.backends.ray_jobs import RayJobs
 from rayfleet.dispatch.submission import Submission
 from rayfleet.errors import ClusterError, ClusterUnreachableError, JobNotFoundError, RayfleetError, UnknownClusterError
 from rayfleet.ledger import LAUNCHER_UNFIT, AttemptRecord, JobRecord
-from rayfleet.lifecycle import WAIT, AttemptView, Observation, Rules, Seen, Step, follow, loss_reason, retry_after_loss
+from rayfleet.lifecycle import (
+    WAIT,
+    AttemptView,
+    Observation,
+    Rules,
+    Seen,
+    Step,
+    follow,
+    loss_reason,
+    past_timeout,
+    retry_after_loss,
+)
 from rayfleet.report import speaks_report
 from rayfleet.states import JobState
 
@@ -41,9 +52,11 @@ class Following:
         attempt = job.last_attempt
         if attempt is None or attempt.state.is_terminal() or attempt.cluster not in self._backends:
             return self.ledger.job(job_id) if job.attempts[:-1] else job
+        sub = Submission.from_job(job)
+        if past_timeout(attempt.state, attempt.updated_at, sub.timeout_s, self._clock()):
+            return self._time_out(job, attempt, sub.timeout_s or 0.0)
         view = AttemptView(attempt.state, attempt.cluster, attempt.created_at, attempt.updated_at, attempt.session)
         rules = Rules(placed_grace_s=self.config.placed_grace_s, unknown_after_s=self.config.unknown_after_s)
-        sub = Submission.from_job(job)
         grouped = sub.group is not None
         step = follow(view, self._look(attempt), self._clock(), rules, at_least_once=sub.at_least_once, grouped=grouped)
         return self._act(job, attempt, step)
@@ -107,6 +120,35 @@ class Following:
             return self._again(job, exclude=frozenset({attempt.cluster}), replacing_unknown=True)
         tried = frozenset(a.cluster for a in job.attempts) if step.exclude_tried else frozenset({attempt.cluster})
         return self._again(job, exclude=tried)
+
+    def _time_out(self, job: JobRecord, attempt: AttemptRecord, timeout_s: float) -> JobRecord:
+        """A job ran past its ``timeout_s``: stop it on its cluster, then record it FAILED with that reason (stopped
+        first: a crash in between leaves it STOPPED, never running on unrecorded)."""
+        ran = self._clock() - attempt.updated_at
+        self._backends[attempt.cluster].stop(attempt.submission_id)
+        detail = f"ran past its timeout_s={timeout_s:g} (stopped after {ran:.0f} s running)"
+        if self.ledger.record(attempt.submission_id, JobState.FAILED, detail):
+            log.warning("job %s: %s", job.id, detail)
+            self.finish_log(attempt)
+        return self.ledger.job(job.id)
+
+    def move(self, job_id: str, reason: str) -> bool:
+        """Move a running job off its cluster (a drain): stop it there, record the attempt LOST with ``reason``, and
+        place it again elsewhere as after a loss (it counts against ``max_retries``). Only a job that may be retried
+        is moved. Returns whether it was. Stopped first, recorded second: a crash in between leaves the job STOPPED,
+        never running in two places."""
+        job = self.ledger.job(job_id)
+        attempt = job.last_attempt
+        sub = Submission.from_job(job)
+        lost = sum(1 for a in job.attempts if a.state is JobState.LOST)
+        if attempt is None or attempt.state.is_terminal() or not retry_after_loss(lost + 1, sub.max_retries):
+            return False
+        self._backends[attempt.cluster].stop(attempt.submission_id)
+        if not self.ledger.record(attempt.submission_id, JobState.LOST, reason):
+            return False
+        self.finish_log(attempt)
+        self._after_loss(self.ledger.job(job_id))
+        return True
 
     def _after_loss(self, job: JobRecord) -> JobRecord:
         """The newest attempt was lost: place the job again if ``max_retries`` allows, else fail it."""

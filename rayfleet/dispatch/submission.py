@@ -82,6 +82,7 @@ class Submission(BaseModel):
     max_retries: int = Field(default=0, ge=0)  # new attempts after a proven loss of its cluster
     at_least_once: bool = False  # also place it again when its cluster stays unreachable (it may then run twice)
     group: dict[str, Any] | None = None  # the rendezvous of a group of jobs (rayfleet.group)
+    timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # most seconds it may run; then stopped
 
     def request(
         self, exclude: frozenset[str] = frozenset(), unavailable: Mapping[str, str] | None = None
