@@ -16,7 +16,11 @@ def expiry_reason(job: JobRecord, deadline: float | None, now: float) -> str:
     """Why a queued job failed at its deadline: how long it waited, its limit, and what it was waiting for."""
     waited, limit = now - job.created_at, (deadline or now) - job.created_at
     why = f"; it was {job.reason}" if job.reason else ""
-    return f"waited {waited:.0f} s in the queue, past its queue timeout of {limit:.0f} s{why}"
+    return f"waited {_seconds(waited)} s in the queue, past its queue timeout of {_seconds(limit)} s{why}"
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.1f}" if s < 10 else f"{s:.0f}"
 
 
 class Queue:

@@ -70,11 +70,14 @@ def test_a_job_never_placed_says_so_in_logs_and_job(fleet_file: Path, tmp_path: 
             waiting.logs()
 
     assert "was never placed on a cluster, so it has no log" in info.value.message
-    assert re.search(r"waited 10 s in the queue, past its queue timeout of 5 s; it was waiting: no cluster can take 2 CPU now$", info.value.message)
+    assert re.search(
+        r"waited 10 s in the queue, past its queue timeout of 5.0 s; it was waiting: no cluster can take 2 CPU now$",
+        info.value.message,
+    )
     logs = cli(ledger, fleet_file, "logs", waiting.id, check=False)
     assert logs.returncode == EXIT_ERROR and "never placed" in logs.stderr and "rayfleet job" in logs.stderr
     one = cli(ledger, fleet_file, "job", waiting.id).stdout
-    assert "past its queue timeout of 5 s" in one and "QUEUED" in one
+    assert "past its queue timeout of 5.0 s" in one and "QUEUED" in one
 
 
 def test_a_job_past_its_timeout_is_stopped_and_failed_with_that_reason(fleet_file: Path, tmp_path: Path) -> None:
