@@ -7,11 +7,14 @@ job (`FleetConfig.to_env_json`) carries the template, never the secret.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
 import re
+import typing
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
@@ -60,6 +63,26 @@ def interpolate(text: str, *, key: str = "", source: str | None = None) -> str:
     return _ENV_REF.sub(sub, text)
 
 
+def header_value(template: str, *, key: str, source: str | None = None) -> str:
+    """A header's value with its ``${ENV}`` templates filled in, checked for what would break the request.
+
+    Raises:
+        ConfigError: a variable is not set, or what it holds has a line break or control character (header
+            injection; most often the newline at the end of a token file). The value is never shown.
+    """
+    value = interpolate(template, key=key, source=source)
+    if not _CONTROL.search(value):
+        return value
+    names = [m.group(1) for m in _ENV_REF.finditer(template) if _CONTROL.search(os.environ.get(m.group(1)) or "")]
+    where = f"${names[0]}" if names else "the header's value"
+    raise ConfigError(
+        f"{where} has a line break or control character, which cannot go into an HTTP header",
+        f"set {where} without it: most often a token file's trailing newline ('$(cat FILE)' in the shell drops it)",
+        source=source,
+        key=key,
+    )
+
+
 class Cluster(BaseModel):
     """One Ray cluster of the fleet, reached through its dashboard (Ray's Job Submission API).
 
@@ -93,10 +116,7 @@ class Cluster(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as e:
-            err = e.errors()[0]
-            msg = err["msg"].removeprefix("Value error, ")
-            key = ".".join(str(p) for p in err["loc"])
-            raise ConfigError(msg, _hint_for(f"clusters.{key}", err["type"], msg), key=key or None) from None
+            raise _config_error(_problems(e, Cluster, lambda loc: ".".join(map(str, loc)), "clusters.")) from None
 
     @field_validator("name")
     @classmethod
@@ -166,18 +186,7 @@ class Cluster(BaseModel):
         Raises:
             ConfigError: a variable is not set, or its value would break the request (a line break: header injection).
         """
-        out = {}
-        for k, v in self.headers.items():
-            key = f"clusters.{self.name}.headers.{k}"
-            value = interpolate(v, key=key)
-            if _CONTROL.search(value):
-                raise ConfigError(
-                    "the value filled in from the environment has a line break or control character",
-                    "strip the trailing newline from the variable (e.g. export TOKEN=$(tr -d '\\n' < token))",
-                    key=key,
-                )
-            out[k] = value
-        return out
+        return {k: header_value(v, key=f"clusters.{self.name}.headers.{k}") for k, v in self.headers.items()}
 
     @property
     def plain_http_to_remote(self) -> bool:
@@ -415,14 +424,7 @@ class FleetConfig(BaseModel):
         try:
             return cls(**data)
         except ValidationError as e:
-            err = e.errors()[0]
-            msg = err["msg"].removeprefix("Value error, ")
-            key = _dotted(err["loc"], data) or ("clusters" if "cluster" in msg else "")
-            hint = _hint_for(key, err["type"], msg)
-            cause = (err.get("ctx") or {}).get("error")
-            if isinstance(cause, ConfigError):  # from Cluster.__init__, which pydantic calls for nested clusters too
-                msg, key, hint = cause.problem, ".".join(p for p in (key, cause.key) if p), cause.hint
-            raise ConfigError(msg, hint, source=source, key=key or None) from None
+            raise _config_error(_problems(e, cls, lambda loc: _dotted(loc, data)), source) from None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> FleetConfig:
@@ -498,8 +500,8 @@ def _interpolate_tree(node: Any, *, source: str, path: str) -> Any:
         for k, v in node.items():
             sub = f"{path}.{k}" if path else str(k)
             if k == "headers" and isinstance(v, dict):
-                for hk, hv in v.items():  # check now that the variables exist; resolve later
-                    interpolate(str(hv), key=f"{sub}.{hk}", source=source)
+                for hk, hv in v.items():  # check the variables now (set, one line); resolve them when used
+                    header_value(str(hv), key=f"{sub}.{hk}", source=source)
                 out[k] = {str(hk): str(hv) for hk, hv in v.items()}
             else:
                 out[k] = _interpolate_tree(v, source=source, path=sub)
@@ -515,15 +517,85 @@ def _dotted(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
     """``('clusters', 1, 'address')`` -> ``clusters[1](name=gpu).address``: the key a user can find in the file."""
     parts: list[str] = []
     node: Any = data
-    for item in loc:
+    for i, item in enumerate(loc):
         if isinstance(item, int):
             name = node[item].get("name") if isinstance(node, list) and isinstance(node[item], dict) else None
             parts[-1] += f"[{item}]" + (f"(name={name})" if name else "")
             node = node[item] if isinstance(node, list) and item < len(node) else None
+        elif isinstance(node, dict) and item not in node and i + 1 < len(loc) and loc[i + 1] in node:
+            continue  # a discriminated union's tag ("kuberay"), not a key of the file
         else:
             parts.append(str(item))
             node = node.get(item) if isinstance(node, dict) else None
     return ".".join(parts)
+
+
+# One problem of a definition: its dotted key (or ""), what is wrong, how to fix it
+Problem = tuple[str, str, str]
+
+
+def _problems(
+    error: ValidationError, model: type[BaseModel], dotted: Callable[[tuple[Any, ...]], str], prefix: str = ""
+) -> list[Problem]:
+    """Every problem pydantic found, in the file's words: an unknown key with the known key it is closest to (and
+    not also as that key missing), a nested cluster's own problems (`Cluster.__init__` collects them) under its key."""
+    problems: list[Problem] = []
+    unknown: dict[tuple[Any, ...], str] = {}  # the location of a missing key -> the unknown key that misspells it
+    for err in error.errors():
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            known = _fields_at(model, loc)
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.7)
+            if close:
+                unknown[(*loc[:-1], close[0])] = str(loc[-1])
+            fix = f"did you mean {close[0]!r}?" if close else "remove it or correct its spelling"
+            if not close:
+                fix += f" (the keys here: {', '.join(known)}; docs/configuration.md)" if known else ""
+            problems.append((dotted(loc), "unknown key", fix))
+            continue
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, ConfigError):  # a nested cluster's problems, from Cluster.__init__
+            where = dotted(loc)
+            problems += [(".".join(p for p in (where, key) if p), msg, hint) for key, msg, hint in cause.problems]
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        key = dotted(loc) or ("clusters" if "cluster" in msg else "")
+        problems.append((key, msg, _hint_for(prefix + key, err["type"], msg)))
+    missing = {dotted(loc) for loc in unknown}  # "address: Field required" when the file has "adress"
+    return [p for p in problems if not (p[1] == "Field required" and p[0] in missing)]
+
+
+def _config_error(problems: list[Problem], source: str | None = None) -> ConfigError:
+    """One `ConfigError` for all of them: the one problem as it is, or each on its own line with its fix."""
+    if len(problems) == 1:
+        ((key, msg, hint),) = problems
+        return ConfigError(msg, hint, source=source, key=key or None, problems=problems)
+    lines = [f"{len(problems)} problems:"]
+    lines += [f"  - {f'key {key!r}: ' if key else ''}{msg} (to fix: {hint})" for key, msg, hint in problems]
+    return ConfigError("\n".join(lines), "correct each key as said", source=source, problems=problems)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed where ``loc``'s last item is (``("provisioners", 0, "kuberay", "x")``: a kuberay
+    provisioner's)."""
+    options = [model]
+    for item in loc[:-1]:
+        if isinstance(item, int):
+            continue
+        tagged = [m for m in options if "kind" in m.model_fields and m.model_fields["kind"].default == item]
+        if len(options) > 1 and tagged:  # a discriminated union's tag
+            options = tagged
+            continue
+        if len(options) != 1 or item not in options[0].model_fields:
+            return []
+        options = _models_in(options[0].model_fields[item].annotation)
+    return list(options[0].model_fields) if len(options) == 1 else []
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
 
 
 def _hint_for(key: str, kind: str, msg: str = "") -> str:

@@ -35,13 +35,24 @@ class ConfigError(RayfleetError, ValueError):
 
     Attributes:
         source: the file the error is in, or ``None`` for Python objects.
-        key: the dotted path of the offending key, when known.
+        key: the dotted path of the offending key, when known (None when there are several problems).
+        problems: every problem found, as (key, problem, fix).
     """
 
-    def __init__(self, message: str, hint: str = "", *, source: str | None = None, key: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        hint: str = "",
+        *,
+        source: str | None = None,
+        key: str | None = None,
+        problems: list[tuple[str, str, str]] | None = None,
+    ):
         self.source = source
         self.key = key
         self.problem = message  # without the file and key
+        # every problem found at once, as (key, problem, fix): one for most errors, several from a definition
+        self.problems = problems if problems is not None else [(key or "", message, hint)]
         where = ", ".join(p for p in (source, f"key {key!r}" if key else None) if p)
         super().__init__(f"{where}: {message}" if where else message, hint)
 

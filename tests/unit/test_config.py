@@ -8,7 +8,9 @@ import textwrap
 import pytest
 
 from rayfleet.config import FLEET_ENV, FLEET_FILE_ENV, Cluster, FleetConfig, interpolate
+from rayfleet.dispatch import Dispatcher
 from rayfleet.errors import ConfigError
+from rayfleet.ledger import Ledger
 
 VALID = """\
 clusters:
@@ -225,15 +227,15 @@ def test_a_missing_file_names_the_path(tmp_path):
         pytest.param(
             "clusters:\n  - {name: a, address: h, adress: x}\n",
             "clusters[0](name=a).adress",
-            "Extra inputs are not permitted",
-            "remove the key or correct its spelling",
+            "unknown key",
+            "did you mean 'address'?",
             id="unknown-cluster-key",
         ),
         pytest.param(
             "clusters:\n  - {name: a, address: h}\npolcy: spread\n",
             "polcy",
-            "Extra inputs are not permitted",
-            "remove the key or correct its spelling",
+            "unknown key",
+            "did you mean 'policy'?",
             id="unknown-top-level-key",
         ),
         pytest.param(
@@ -459,3 +461,38 @@ def test_repr_of_a_cluster_never_shows_header_values():
         assert "literal-s3cret" not in text
         assert "RF_TOKEN" not in text
         assert "'a'" in text
+
+
+def test_every_problem_of_a_file_is_reported_at_once_with_the_key_each_was_meant_to_be(tmp_path) -> None:
+    error, _ = load_error(
+        tmp_path,
+        "clusters:\n  - {name: a, adress: 'http://h:1'}\n  - {name: b, address: 'http://h:2', zzz: 1}\n"
+        "polcy: spread\nprovisioners:\n  - {kind: kuberay, name: k, contxt: c, templates: []}\n",
+    )
+    assert error.key is None and error.hint == "correct each key as said"
+    assert [(key, fix) for key, _, fix in error.problems] == [
+        ("clusters[0](name=a).adress", "did you mean 'address'?"),  # not also "address: Field required"
+        ("clusters[1](name=b).zzz", "remove it or correct its spelling (the keys here: name, address, labels, "
+         "headers, cost_per_cpu_hour, cost_per_gpu_hour, verify_tls; docs/configuration.md)"),
+        ("provisioners[0](name=k).contxt", "did you mean 'context'?"),  # the key in the file, not pydantic's tag
+        ("polcy", "did you mean 'policy'?"),
+    ]  # fmt: skip
+    assert str(error).splitlines()[0].endswith(": 4 problems:")
+    assert "  - key 'polcy': unknown key (to fix: did you mean 'policy'?)" in str(error)
+
+
+def test_a_header_variable_with_a_line_break_is_a_config_error_naming_the_variable_not_its_value(
+    tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("RF_TEST_TOKEN", "s3cret\n")
+    text = "clusters:\n  - {name: a, address: 'http://h:1', headers: {Authorization: 'Bearer ${RF_TEST_TOKEN}'}}\n"
+    error, _ = load_error(tmp_path, text)
+    assert error.key == "clusters[0].headers.Authorization"
+    assert "$RF_TEST_TOKEN has a line break or control character" in str(error)
+    assert "trailing newline" in error.hint and "s3cret" not in str(error)
+    with pytest.raises(ConfigError) as built:  # built in Python, found when the fleet is made, not at a probe
+        Dispatcher(
+            FleetConfig.build(clusters=[{"name": "a", "address": "http://h:1", "headers": {"X": "${RF_TEST_TOKEN}"}}]),
+            Ledger(tmp_path / "l.db"),
+        )
+    assert built.value.key == "clusters.a.headers.X" and "s3cret" not in str(built.value)
