@@ -4,6 +4,10 @@ A probe is two cheap HTTP reads of the cluster's dashboard: ``/api/cluster_statu
 demand, the report's own time) and, on first contact, ``/api/version``. The dashboard renames resource keys
 (``accelerator_type:A100`` -> ``acceleratorType:A100``); the original names come from the report's ``nodeTypes``,
 or from ``/api/v0/nodes`` when a key is new, and are cached.
+
+A failed answer is classified here (`classify`), for probes and for the job API alike: the credentials refused
+(401/403), no answer (connection refused, timeout, DNS), the request refused (other 4xx), the cluster's own error
+(5xx). Each class has its error type and a hint that is true for it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import numpy as np
 import requests
 
 from rayfleet.config import Cluster, warn_if_plain_http
+from rayfleet.errors import AuthenticationError, ClusterError, ClusterUnreachableError
 from rayfleet.resources import format_bytes
+from rayfleet.text import shorten, strip_escapes
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,10 @@ IGNORED_PREFIXES = ("node:",)
 IGNORED_KEYS = frozenset({"object_store_memory"})
 MAX_BACKOFF_S = 30.0
 _IGNORED_RENAMED = frozenset({"objectStoreMemory"})
+# what `classify` makes of a failed answer, as `ClusterSnapshot.error_kind` says it
+AUTH, UNREACHABLE, REFUSED, ERROR = "auth", "unreachable", "refused", "error"
+ERROR_KINDS = (AUTH, UNREACHABLE, REFUSED, ERROR)
+_TEMPLATE_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def camel(key: str) -> str:
@@ -46,7 +56,12 @@ class ClusterSnapshot:
         cluster: the cluster's name.
         taken_at: when the reading was taken (``time.time()`` of this process).
         healthy: whether the cluster answered.
-        error: why it did not, if it did not.
+        error: why it did not, if it did not (the message of its `classify` error).
+        error_kind: the class of that failure, one of `ERROR_KINDS`: "auth" (credentials refused), "unreachable"
+            (no answer), "refused" (the request was refused), "error" (the cluster's own error, or an answer that
+            is not Ray's).
+        error_hint: what to do about it.
+        error_status: the HTTP status of the failed answer, when there was one.
         keys: the resource names (Ray's original names), the columns of ``total`` and ``used``.
         node_ids: the node ids, the rows.
         total: per-node totals, shape (nodes, keys).
@@ -73,6 +88,9 @@ class ClusterSnapshot:
     session_name: str | None = None
     autoscaler: Mapping[str, Any] = field(default_factory=dict)
     node_ips: tuple[str, ...] = ()
+    error_kind: str | None = None
+    error_hint: str | None = None
+    error_status: int | None = None
     # derived arrays computed once per reading (placement's free-after-pending-demand); not part of its value
     memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -113,7 +131,7 @@ class ClusterSnapshot:
     def largest_node(self) -> str:
         """A description of the node with the most GPUs, then CPUs, then memory: for error messages."""
         if not self.healthy:
-            return f"unknown (unreachable: {self.error})"
+            return f"unknown ({self.error_kind or UNREACHABLE}: {self.error})"
         if not len(self.node_ids):
             return "no nodes"
         order = [self.column(k) for k in ("GPU", "CPU", "memory")]
@@ -121,15 +139,45 @@ class ClusterSnapshot:
         best = max(range(len(rank)), key=lambda i: rank[i])
         return describe_node(dict(zip(self.keys, self.total[best], strict=True)))
 
+    def failure(self) -> ClusterError | None:
+        """The typed error this reading stands for (None when healthy): what a caller raises when it needed this
+        cluster, e.g. `AuthenticationError` for a cluster that refused rayfleet's credentials."""
+        if self.healthy:
+            return None
+        kind = {AUTH: AuthenticationError, UNREACHABLE: ClusterUnreachableError}.get(self.error_kind or UNREACHABLE)
+        return (kind or ClusterError)(
+            self.error or "no answer", self.error_hint or "", cluster=self.cluster, status=self.error_status
+        )
+
     @classmethod
-    def unreachable(cls, cluster: str, error: str, previous: ClusterSnapshot | None = None) -> ClusterSnapshot:
+    def unreachable(
+        cls,
+        cluster: str,
+        error: str,
+        previous: ClusterSnapshot | None = None,
+        *,
+        kind: str = UNREACHABLE,
+        hint: str | None = None,
+        status: int | None = None,
+    ) -> ClusterSnapshot:
+        """A reading of a cluster that did not answer as asked (by default: not at all)."""
         return cls(
             cluster=cluster,
             taken_at=time.time(),
             healthy=False,
             error=error,
+            error_kind=kind,
+            error_hint=hint,
+            error_status=status,
             ray_version=previous.ray_version if previous else None,
             session_name=previous.session_name if previous else None,
+        )
+
+    @classmethod
+    def failed(cls, failure: ClusterError, previous: ClusterSnapshot | None = None) -> ClusterSnapshot:
+        """The reading of a failed probe, carrying its class (`kind_of`), message and hint."""
+        return cls.unreachable(
+            failure.cluster, failure.message, previous, kind=kind_of(failure), hint=failure.hint, status=failure.status
         )
 
     @classmethod
@@ -345,7 +393,8 @@ class Prober:
                 out[futures[future]] = future.result()
             for future in not_done:
                 name = futures[future]
-                out[name] = self._record_failure(name, f"no answer within {self.timeout:g} s")
+                cluster = self.clusters[name]
+                out[name] = self._record_failure(name, unreachable(cluster, f"no answer within {self.timeout:g} s"))
         return out
 
     def invalidate(self, name: str | None = None) -> None:
@@ -395,6 +444,7 @@ class Prober:
     def _probe(self, name: str) -> ClusterSnapshot:
         health = self._health[name]
         taken_at = time.time()
+        self._session(name)  # headers the environment breaks are a ConfigError, not the cluster failing a probe
         try:
             if health.version is None:
                 info = self._get(name, "/api/version")
@@ -409,21 +459,27 @@ class Prober:
                     health.names.update({camel(k): k for k in node.get("resources_total", {})})
                 snapshot, _ = parse_cluster_status(name, payload, health.names, taken_at=taken_at)
         except (requests.RequestException, ValueError, KeyError, TypeError) as e:
-            return self._record_failure(name, _short(e))
+            return self._record_failure(name, classify(self.clusters[name], e, request=PROBE, refused_hint=_probe_hint))
         snapshot = _with_version(snapshot, health.version)
         with self._lock:
             health.failures, health.retry_at, health.last = 0, 0.0, snapshot
         return snapshot
 
-    def _record_failure(self, name: str, error: str) -> ClusterSnapshot:
+    def _record_failure(self, name: str, failure: ClusterError) -> ClusterSnapshot:
+        """Back off a cluster that failed a probe. The first failure of a streak is a warning, later ones are info:
+        a dispatch loop would otherwise repeat the same warning every backoff."""
         with self._lock:
             health = self._health[name]
             health.failures += 1
             health.version = None  # re-read on reconnect: the head may have restarted
             backoff = min(MAX_BACKOFF_S, 2.0 ** (health.failures - 1))
             health.retry_at = time.time() + backoff
-            health.last = ClusterSnapshot.unreachable(name, error, health.last)
-        log.warning("cluster %s is unreachable (%s); next probe in %.0f s", name, error, backoff)
+            health.last = ClusterSnapshot.failed(failure, health.last)
+            first = health.failures == 1
+        if first:
+            log.warning("%s", failure.message)
+        else:
+            log.info("%s; next probe in %.0f s", failure.message, backoff)
         return health.last
 
 
@@ -433,14 +489,134 @@ def _with_version(snapshot: ClusterSnapshot, version: tuple[str, str] | None) ->
     return replace(snapshot, ray_version=version[0], session_name=version[1])
 
 
-def _short(error: BaseException) -> str:
+# ----- classifying failed answers ---------------------------------------------------------------------------------
+
+PROBE = "the capacity probe (GET /api/cluster_status)"
+
+
+def _probe_hint(cluster: Cluster) -> str:
+    return f"check that {cluster.address} is the Ray dashboard of cluster {cluster.name} (Ray 2.8 or later)"
+
+
+def kind_of(error: ClusterError) -> str:
+    """The class of a cluster's error, one of `ERROR_KINDS`."""
+    if isinstance(error, AuthenticationError):
+        return AUTH
+    if isinstance(error, ClusterUnreachableError):
+        return UNREACHABLE
+    return REFUSED if error.status is not None and _refused(error.status) else ERROR
+
+
+def _refused(status: int) -> bool:
+    """A 4xx that says the request was wrong: not 408 (timeout) nor 429 (too many requests), which pass with time."""
+    return 400 <= status < 500 and status not in (408, 429)
+
+
+def classify(
+    cluster: Cluster, error: BaseException, *, request: str, refused_hint: Callable[[Cluster], str]
+) -> ClusterError:
+    """The typed error for a failed call to ``cluster``: no answer, a status (`http_failure`), or an answer that is
+    not what a Ray dashboard sends (``error``: bad JSON or shape).
+
+    Args:
+        cluster: the cluster called.
+        error: what the call raised (requests', or a decoding error).
+        request: what was asked, for the message ("the capacity probe (GET /api/cluster_status)").
+        refused_hint: the hint for a refused request (other 4xx), which only the caller knows.
+    """
+    response = getattr(error, "response", None)
+    if isinstance(error, requests.HTTPError) and response is not None:
+        return http_failure(cluster, response.status_code, response.text, request=request, refused_hint=refused_hint)
     if isinstance(error, requests.exceptions.SSLError):  # a ConnectionError too, but not one a restart would fix
         reason = getattr(error.__context__, "reason", None) or error
-        return f"TLS failed (certificate not trusted? set verify_tls to its CA bundle): {str(reason)[-160:]}"
-    if isinstance(error, requests.ConnectionError):
-        return "connection refused or host unreachable"
-    if isinstance(error, requests.Timeout):
+        return ClusterUnreachableError(
+            f"cluster {cluster.name} at {cluster.address}: TLS failed (certificate not trusted?): {str(reason)[-160:]}",
+            f"set verify_tls for cluster {cluster.name} in the fleet file to the CA bundle that signed its certificate",
+            cluster=cluster.name,
+        )
+    if isinstance(error, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError):
+        return unreachable(cluster, _transport_reason(error))
+    return ClusterError(
+        f"cluster {cluster.name} answered {request} with something that is not Ray's: "
+        f"{shorten(f'{type(error).__name__}: {error}', 200)}",
+        _probe_hint(cluster),
+        cluster=cluster.name,
+    )
+
+
+def http_failure(
+    cluster: Cluster, status: int, body: str = "", *, request: str, refused_hint: Callable[[Cluster], str]
+) -> ClusterError:
+    """The typed error for an HTTP status (>= 400) from ``cluster``: 401/403 `AuthenticationError`, other 4xx the
+    request refused (``refused_hint`` says what was wrong), 5xx the cluster's own error (retry later)."""
+    name = cluster.name
+    if status in (401, 403):  # no body: what a server says about credentials is not for a log
+        return AuthenticationError(
+            f"cluster {name} refused rayfleet's credentials (HTTP {status})",
+            auth_hint(cluster),
+            cluster=name,
+            status=status,
+        )
+    said = _first_line(body)
+    said = f": {said}" if said else ""
+    if _refused(status):
+        return ClusterError(
+            f"cluster {name} refused {request} (HTTP {status}){said}",
+            refused_hint(cluster),
+            cluster=name,
+            status=status,
+        )
+    return ClusterError(
+        f"cluster {name} failed to answer {request} (HTTP {status}){said}",
+        "the cluster's own error: retry later; if it persists, read dashboard.log in the logs of its head's session",
+        cluster=name,
+        status=status,
+    )
+
+
+def unreachable(cluster: Cluster, reason: str) -> ClusterUnreachableError:
+    return ClusterUnreachableError(
+        f"cluster {cluster.name} at {cluster.address} did not answer: {reason}",
+        f"check that cluster {cluster.name} is up ('rayfleet local status' for a local fleet) and that "
+        f"{cluster.address} is its dashboard (port 8265 by default)",
+        cluster=cluster.name,
+    )
+
+
+def auth_hint(cluster: Cluster) -> str:
+    """What to set when ``cluster`` refused the credentials: its headers in the fleet file, named by key and by the
+    variables they are filled from, never by value."""
+    name = cluster.name
+    if not cluster.headers:
+        return (
+            f"the cluster needs a token: set headers: {{Authorization: 'Bearer ${{RAY_AUTH_TOKEN}}'}} for cluster "
+            f"{name} in the fleet file, and export RAY_AUTH_TOKEN with the cluster's token"
+        )
+    keys = ", ".join(sorted(cluster.headers))
+    variables = sorted({v for value in cluster.headers.values() for v in _TEMPLATE_VAR.findall(value)})
+    source = f"check that {', '.join('$' + v for v in variables)} holds" if variables else "set them to"
+    return (
+        f"the cluster refused the headers set for cluster {name} in the fleet file ({keys}): {source} the "
+        "cluster's current token (Ray reads it as 'Authorization: Bearer <token>' or 'X-Ray-Authorization')"
+    )
+
+
+def _transport_reason(error: BaseException) -> str:
+    if isinstance(error, requests.Timeout | TimeoutError):
         return "timed out"
-    if isinstance(error, requests.HTTPError) and error.response is not None:
-        return f"HTTP {error.response.status_code} from the dashboard"
-    return f"{type(error).__name__}: {error}"[:200]
+    chain, seen = [], error
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__ or getattr(seen, "reason", None)
+        seen = seen if isinstance(seen, BaseException) else None
+    text = " ".join(f"{type(e).__name__} {e}" for e in chain)
+    if "NameResolutionError" in text or "gaierror" in text or "Name or service not known" in text:
+        return "its host name does not resolve (DNS)"
+    if "Connection refused" in text or "ConnectionRefusedError" in text:
+        return "connection refused"
+    return "connection failed or host unreachable"
+
+
+def _first_line(body: str) -> str:
+    lines = [line.strip() for line in strip_escapes(body or "").splitlines() if line.strip()]
+    return shorten(lines[0], 200) if lines else ""

@@ -1,12 +1,20 @@
-"""The only code that talks to Ray's `JobSubmissionClient`; Ray's errors are translated here, in one place."""
+"""The only code that talks to Ray's `JobSubmissionClient`; Ray's errors are translated here, in one place.
+
+Ray's client logs to Ray's own stderr handler (``import ray`` attaches it to the ``ray`` logger, which does not
+propagate): an INFO line on every submission that ships a package. Its records are handed to the ``rayfleet.ray``
+logger instead, so the application's logging decides (hidden by default, ``rayfleet -v`` shows them), and each of
+its warnings is passed on once per process.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import queue
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -16,11 +24,11 @@ import requests
 from tenacity import Retrying
 
 from rayfleet import retry
+from rayfleet.capacity import classify, http_failure, unreachable
 from rayfleet.config import Cluster, warn_if_plain_http
 from rayfleet.errors import (
     AttemptFencedError,
     ClusterError,
-    ClusterUnreachableError,
     DuplicateSubmissionError,
     JobNotFoundError,
 )
@@ -39,6 +47,114 @@ _REDIRECTING_ENV = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
 # back (`without_redirecting_env`), so that no thread restores what another has just removed.
 _env_lock = threading.Lock()
 
+# The loggers of Ray's job client: `ray.dashboard.modules.dashboard_sdk` and `.job.sdk` (both set to INFO by Ray), and
+# the runtime_env packaging they call ("Creating a file package for local module ...")
+RAY_CLIENT_LOGGERS = ("ray.dashboard.modules", "ray._private.runtime_env")
+RAY_LOG = "rayfleet.ray"  # where their records go
+# The oldest Ray whose job API takes every request rayfleet sends: entrypoint_num_cpus/gpus/resources need 2.2,
+# entrypoint_memory 2.8 (Ray's JobSubmissionClient.submit_job checks these)
+RAY_FLOOR = (2, 8)
+
+
+class _Once(logging.Filter):
+    """Lets each message at ``level`` or above through once per process (a filter lives in logging's registry, on
+    the logger or handler it is added to: one per process, like the output it keeps quiet)."""
+
+    def __init__(self, level: int = logging.NOTSET) -> None:
+        super().__init__()
+        self.level = level
+        self._seen: set[tuple[str, int, str]] = set()
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < self.level:
+            return True
+        key = (record.name, record.levelno, record.getMessage())
+        with self._lock:
+            if key in self._seen:
+                return False
+            self._seen.add(key)
+        return True
+
+
+def _once(logger: logging.Logger) -> logging.Logger:
+    if not any(isinstance(f, _Once) for f in logger.filters):
+        logger.addFilter(_Once())
+    return logger
+
+
+# How a cluster's Ray differs from this process's, said once per cluster and version per process (`version_note`)
+VERSION_LOG = _once(logging.getLogger("rayfleet.versions"))
+
+
+class _ToRayfleet(logging.Handler):
+    """Hands the records of Ray's client loggers to `RAY_LOG` (and so to the application's handlers), each warning
+    once per process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.addFilter(_Once(logging.WARNING))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        target = logging.getLogger(RAY_LOG)
+        if target.isEnabledFor(record.levelno):
+            target.handle(record)
+
+
+def route_ray_logging() -> None:
+    """Send Ray's client loggers (`RAY_CLIENT_LOGGERS`) to `RAY_LOG` instead of the stderr handler that ``import
+    ray`` puts on the ``ray`` logger (they stop propagating there). Idempotent; done when Ray's client is imported."""
+    for name in RAY_CLIENT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _ToRayfleet) for h in logger.handlers):
+            logger.addHandler(_ToRayfleet())
+        logger.propagate = False
+
+
+def version_note(cluster: str, theirs: str, ours: str | None) -> tuple[int, str] | None:
+    """How a cluster's Ray version matters to this process (None when it does not): WARNING below `RAY_FLOOR` or
+    across a major version, INFO otherwise (Ray's job API works across minor versions, and the launcher runs on the
+    cluster's own Ray).
+
+    Example:
+        >>> version_note("old", "2.54.0", "2.60.0")[0] == logging.INFO
+        True
+    """
+    if not ours or theirs == ours:
+        return None
+    their_release, our_release = _release(theirs), _release(ours)
+    if their_release is None or our_release is None:
+        return logging.INFO, f"cluster {cluster} reports Ray version {theirs!r}, this process has Ray {ours}"
+    floor = ".".join(map(str, RAY_FLOOR))
+    if their_release < RAY_FLOOR:
+        return logging.WARNING, (
+            f"cluster {cluster} runs Ray {theirs}, older than {floor}, the oldest whose job API takes every request "
+            f"rayfleet sends (entrypoint_memory needs 2.8, entrypoint resources 2.2): such jobs are refused there. "
+            f"To fix: upgrade that cluster's Ray to {floor} or later (this process has {ours})"
+        )
+    if their_release[0] != our_release[0]:
+        return logging.WARNING, (
+            f"cluster {cluster} runs Ray {theirs}, this process has Ray {ours}: another major version, whose job API "
+            f"rayfleet was not built for. To fix: run that cluster on Ray {our_release[0]}.x"
+        )
+    return logging.INFO, (
+        f"cluster {cluster} runs Ray {theirs}, this process has Ray {ours}: Ray's job API works across these "
+        "versions, and rayfleet's launcher runs on the cluster's own Ray"
+    )
+
+
+def _release(version: str) -> tuple[int, int] | None:
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+class _Refused(Exception):
+    """A 401/403 from the dashboard, with its status (Ray's own AuthenticationError keeps only text)."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        super().__init__(f"HTTP {status}")
+
 
 @functools.cache
 def _import_client() -> Any:
@@ -52,10 +168,10 @@ def _import_client() -> Any:
     """
     try:
         from packaging.version import parse
-        from ray.dashboard.modules import dashboard_sdk
         from ray.job_submission import JobSubmissionClient
     except ImportError as e:  # pragma: no cover - ray is a dependency; this names the fix if it was removed
         raise ImportError("rayfleet needs Ray's job client: pip install 'ray[default]'") from e
+    route_ray_logging()
 
     class KeptAliveJobSubmissionClient(JobSubmissionClient):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -81,9 +197,8 @@ def _import_client() -> Any:
                 verify=self._verify,
                 **kwargs,
             )
-            formatted = dashboard_sdk.format_authentication_http_error(response.status_code, response.text)
-            if formatted:
-                raise dashboard_sdk.AuthenticationError(formatted)
+            if response.status_code in (401, 403):  # what Ray's own check refuses (format_authentication_http_error)
+                raise _Refused(response.status_code)
             return response
 
     return KeptAliveJobSubmissionClient
@@ -149,7 +264,7 @@ class RayJobs:
             )
 
         try:
-            return self._call(once, policy=retry.SUBMIT)
+            return self._call(once, policy=retry.SUBMIT, what=f"the submission of {submission_id}")
         except DuplicateSubmissionError:
             info = self.info(submission_id)  # it exists: our earlier try got through (raises JobNotFoundError if not)
             if (getattr(info, "metadata", None) or {}).get(FENCE_KEY):
@@ -170,6 +285,7 @@ class RayJobs:
                     entrypoint=FENCE_ENTRYPOINT, submission_id=submission_id, metadata={**metadata, FENCE_KEY: "1"}
                 ),
                 policy=retry.SUBMIT,
+                what=f"the fence of {submission_id}",
             )
         except DuplicateSubmissionError:
             info = self.info(submission_id)
@@ -236,40 +352,80 @@ class RayJobs:
 
     # ----- error translation --------------------------------------------------------------------------------------
 
-    def _call(self, fn: Callable[[], T], *, policy: Mapping[str, Any], job: str | None = None) -> T:
+    def _call(
+        self, fn: Callable[[], T], *, policy: Mapping[str, Any], job: str | None = None, what: str | None = None
+    ) -> T:
+        """``fn`` with Ray's errors translated, retried by ``policy`` (transient ones only: not credentials refused,
+        nor a refused request, which would fail the same way again)."""
         for attempt in Retrying(**policy):
             with attempt:
                 try:
                     return fn()
                 except Exception as e:
-                    raise self._translate(e, job) from e
+                    raise self._translate(e, job, what) from e
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _translate(self, error: Exception, job: str | None) -> Exception:
-        name = self.cluster.name
+    def _translate(self, error: Exception, job: str | None, what: str | None = None) -> Exception:
+        """Ray's error as rayfleet's, by class (`rayfleet.capacity.classify`): credentials refused
+        (`AuthenticationError`), no answer (`ClusterUnreachableError`), a duplicate id, a job the cluster does not
+        have, the request refused (4xx), the cluster's own error (5xx). ``what`` names the request for the message."""
+        cluster, name = self.cluster, self.cluster.name
+        what = what or (f"the request for {job}" if job else "the request")
         text = str(error)
         if isinstance(error, ClusterError | JobNotFoundError):
             return error
-        if isinstance(error, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError) or (
-            "Failed to connect to Ray" in text or "Connection refused" in text or "Cannot connect to host" in text
-        ):
-            return ClusterUnreachableError(
-                f"cluster {name} at {self.cluster.address} did not answer: {type(error).__name__}",
-                "check that the cluster is up and the address is its dashboard (port 8265 by default)",
-                cluster=name,
-            )
-        status = _status_of(text)
+        status = _status_attribute(error)
+        if status is not None and not (status == 404 and job):  # a status of its own (a 404 about a job: below)
+            return http_failure(cluster, status, _body(error), request=what, refused_hint=_refused_hint)
+        if isinstance(error, requests.RequestException | ConnectionError | TimeoutError) and status is None:
+            return classify(cluster, error, request=what, refused_hint=_refused_hint)  # no answer, or not Ray's
+        if "Failed to connect to Ray" in text or "Connection refused" in text or "Cannot connect to host" in text:
+            return unreachable(cluster, "connection refused" if "refused" in text.lower() else "connection failed")
+        status = status or _status_of(text)
         if "already exists" in text:
             return DuplicateSubmissionError(
                 f"{job} already exists on {name}", "use a new submission id", cluster=name, status=status
             )
         if job is not None and (status == 404 or "does not exist" in text or "not found" in text.lower()):
             return JobNotFoundError(f"job {job} does not exist on cluster {name}", "list jobs with 'rayfleet jobs'")
-        first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-        hint = "check the job's runtime_env and entrypoint" if status and status < 500 else "retry later"
-        if status in (401, 403):
-            hint = "the dashboard refused the credentials: set the cluster's headers (e.g. Authorization: ${TOKEN})"
-        return ClusterError(f"cluster {name} refused the request: {first[:300]}", hint, cluster=name, status=status)
+        if "is running on the cluster" in text:  # Ray's version check: the cluster is older than an option needs
+            return ClusterError(
+                f"cluster {name} refused {what}: {_first(text)}",
+                f"upgrade cluster {name}'s Ray to {'.'.join(map(str, RAY_FLOOR))} or later, or pin the job elsewhere",
+                cluster=name,
+            )
+        if status is not None:
+            return http_failure(cluster, status, _after_status(text), request=what, refused_hint=_refused_hint)
+        return ClusterError(f"{what} on cluster {name} failed: {_first(text)}", "retry later", cluster=name)
+
+
+def _refused_hint(cluster: Cluster) -> str:
+    return "the request was wrong for this cluster: check the job's entrypoint, runtime_env and resources"
+
+
+def _status_attribute(error: BaseException) -> int | None:
+    """The HTTP status an error carries as an attribute: ours (`_Refused`), requests' (``response``), aiohttp's."""
+    response = getattr(error, "response", None)
+    for status in (getattr(error, "status", None), getattr(response, "status_code", None)):
+        if isinstance(status, int) and status >= 400:
+            return status
+    return None
+
+
+def _body(error: BaseException) -> str:
+    response = getattr(error, "response", None)
+    return str(getattr(response, "text", "") or "")
+
+
+def _first(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[0][:300] if lines else "no detail"
+
+
+def _after_status(text: str) -> str:
+    """Ray's "Request failed with status code 400: <body>." without its wrapping."""
+    _, sep, rest = text.rpartition("status code ")
+    return rest[3:].lstrip(":").strip().rstrip(".") if sep else text
 
 
 def _status_of(text: str) -> int | None:

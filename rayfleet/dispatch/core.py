@@ -11,11 +11,10 @@ import contextlib
 import logging
 import os
 import threading
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from rayfleet.backends.ray_jobs import RayJobs
+from rayfleet.backends.ray_jobs import VERSION_LOG, RayJobs, version_note
 from rayfleet.capacity import Prober
 from rayfleet.config import POLICIES, Cluster, FleetConfig
 from rayfleet.dispatch.creations import Creations
@@ -65,6 +64,8 @@ class Dispatcher(Placing, Queue, Creations, Following, Logs):
         self._clock = clock or ledger.clock
         self._provisioners: dict[str, Provisioner] = {p.name: p for p in provisioners}
         self._clusters: dict[str, Cluster] = {c.name: c for c in config.clusters}
+        for cluster in config.clusters:  # a header the environment breaks is the fleet's definition, said now
+            cluster.resolved_headers()
         self._managed: dict[str, ManagedClusterRecord] = {}
         self._annotated: dict[str, float] = {}
         self.prober = Prober(
@@ -80,7 +81,6 @@ class Dispatcher(Placing, Queue, Creations, Following, Logs):
         self._lock = threading.Lock()
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._last_ok: dict[str, float] = {}  # when each cluster last answered a job call
-        self._warned: set[str] = set()
         for record in ledger.managed():  # clusters created earlier, by this process or another
             if record.state == "READY" and record.address and record.provisioner in self._provisioners:
                 cluster = Cluster(name=record.name, address=record.address, labels=dict(record.labels))
@@ -254,11 +254,8 @@ class Dispatcher(Placing, Queue, Creations, Following, Logs):
         return deleted
 
     def _check_version(self, cluster: str, version: str, session: str) -> None:
-        local = _local_ray_version()
-        if local and version != local and cluster not in self._warned:
-            self._warned.add(cluster)
-            warnings.warn(
-                f"cluster {cluster} runs Ray {version}, this process has Ray {local}: job submission works across "
-                "versions, but runtime_env features may differ. Align the versions to be safe.",
-                stacklevel=2,
-            )
+        """Say how the cluster's Ray differs from this process's (`version_note`: a warning only when it matters),
+        through logging, once per cluster and version per process (`VERSION_LOG` lets each message through once)."""
+        note = version_note(cluster, version, _local_ray_version())
+        if note is not None:
+            VERSION_LOG.log(*note)

@@ -7,6 +7,7 @@ Against the session's real clusters ("cpu", "gpu"); the CLI runs as a user runs 
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -133,9 +134,12 @@ def test_drain_moves_a_retriable_job_and_waits_for_the_rest(fleet_file: Path, tm
             release.touch()
             assert staying.wait(120) is JobState.SUCCEEDED and movable.wait(120) is JobState.SUCCEEDED
             assert "drained, no job runs there" in cli(ledger, fleet_file, "drain", where).stdout
-        finally:
+        finally:  # leave the shared clusters as found: both jobs ended (they hold CPUs the next tests need)
             release.touch()
-            cli(ledger, fleet_file, "uncordon", where)
+            for handle in (movable, staying):
+                with contextlib.suppress(Exception):
+                    handle.wait(120)
+            cli(ledger, fleet_file, "uncordon", where, check=False)
 
 
 def test_stopping_a_group_stops_every_member_on_every_cluster(fleet_file: Path, tmp_path: Path) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
@@ -81,19 +79,6 @@ def test_largest_node_prefers_gpus_then_cpus() -> None:
     assert snap.largest_node() == "8 CPU, 4 GPU, 32.0 GiB"
     assert ClusterSnapshot.unreachable("c", "timed out").largest_node() == "unknown (unreachable: timed out)"
     np.testing.assert_array_equal(snap.free, snap.total)
-
-
-def test_a_cluster_on_another_ray_version_draws_one_warning(tmp_path) -> None:
-    config = FleetConfig.build(clusters=[{"name": "a", "address": "http://127.0.0.1:9"}])
-    dispatcher = Dispatcher(config, Ledger(tmp_path / "l.db"))
-    try:
-        with pytest.warns(UserWarning, match="cluster a runs Ray 0.0.1"):
-            dispatcher._check_version("a", "0.0.1", "session_x")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            dispatcher._check_version("a", "0.0.1", "session_x")  # once per cluster
-    finally:
-        dispatcher.close()
 
 
 def test_pending_placement_groups_count_as_demand_per_bundle_and_do_not_break_placement() -> None:
