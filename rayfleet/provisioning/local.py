@@ -8,18 +8,23 @@ accelerator model and memory, and binds loopback only. A cluster may also have
 - autoscaling: Ray's fake multi-node provider runs the real Ray autoscaler on the head, which adds and removes worker
   "nodes" as local processes (children of the head's autoscaler process).
 
-The fleet stops exactly the processes it started and their descendants, by their id; never Ray's own stop command,
-which stops every cluster on the machine. A state file lets another process find and stop the fleet
-(``rayfleet local down``).
+The fleet stops the processes it started and their descendants, by their id, and whatever else names or writes
+into a cluster's own temp dir (what a crashed head left behind); never Ray's own stop command, which stops every
+cluster on the machine. A state file in `state_dir` lets another process find and stop the fleet
+(``rayfleet local down``). A local fleet file (`load_local_fleet`, ``rayfleet local up -f``) describes the clusters.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import fcntl
 import json
+import logging
+import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -35,9 +40,10 @@ from typing import Any
 import requests
 import yaml
 
-from rayfleet.errors import LocalFleetError, PortInUseError
-from rayfleet.ledger import default_path as default_ledger_path
+from rayfleet.errors import ConfigError, InvalidRequestError, LocalFleetError, PortInUseError
 from rayfleet.resources import ACCELERATOR_PREFIX, parse_memory
+
+log = logging.getLogger(__name__)
 
 PORT_BLOCK = 200  # ports per node: 11 named services + 100 worker ports, with room to spare
 FIRST_BASE = 24000  # below Linux's ephemeral range (32768+), so the OS does not hand these out to clients
@@ -45,6 +51,8 @@ LAST_PORT = 32767
 WORKER_PORTS = (100, 199)  # offsets within the block
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
+ORPHAN_STOP_S = 2.0  # how long a process a crashed head left behind gets to exit on SIGTERM
+PORTS_FREE_S = 5.0  # how long down() waits for the kernel to release a stopped cluster's ports
 OBJECT_STORE_BYTES = 100_000_000  # per node; Ray's default is 30% of the machine's memory
 _PORT_NAMES = (
     "gcs", "dashboard", "client_server", "node_manager", "object_manager",
@@ -52,6 +60,7 @@ _PORT_NAMES = (
     "autoscaler_metrics", "dashboard_metrics",
 )  # fmt: skip
 FAKE_HEAD_TYPE = "ray.head.default"  # the head's node type name that Ray's fake provider expects
+LOCAL_DIR_ENV = "RAYFLEET_LOCAL_DIR"
 
 
 def _with_accelerator(resources: Mapping[str, float], accelerator: str | None) -> dict[str, float]:
@@ -172,10 +181,258 @@ DEMO_FLEET = (
 )
 
 
+# ----- local fleet files (and the CLI's flags) ----------------------------------------------------------------------
+
+_CLUSTER_KEYS = ("name", "cpus", "gpus", "accelerator", "memory", "resources", "labels", "workers", "autoscaling")
+_NODE_KEYS = ("cpus", "gpus", "accelerator", "memory", "resources", "count")
+_AUTOSCALING_KEYS = ("worker_types", "idle_timeout_s")
+_TYPE_KEYS = ("cpus", "gpus", "accelerator", "resources", "min_workers", "max_workers")
+_CLUSTER_NAME = re.compile(r"^[a-z0-9]([a-z0-9\-_]{0,61}[a-z0-9])?$")  # as a fleet file's cluster name
+_FORMAT_HINT = "the format of a local fleet file is in docs/local.md"
+
+
+class _Reader:
+    """Reads a local fleet definition and collects every problem, so that all of them are reported at once."""
+
+    def __init__(self) -> None:
+        self.problems: list[tuple[str, str]] = []
+
+    def fail(self, key: str, problem: str) -> None:
+        self.problems.append((key, problem))
+
+    def mapping(self, value: Any, key: str, allowed: Sequence[str], required: Sequence[str] = ()) -> dict[str, Any]:
+        """``value`` as a mapping of known keys (unknown ones are problems, with a near miss named)."""
+        if not isinstance(value, Mapping):
+            self.fail(key, f"must be a mapping, not {_kind(value)}")
+            return {}
+        for name in value:
+            if name not in allowed:
+                close = difflib.get_close_matches(str(name), allowed, n=1)
+                why = f"did you mean {close[0]!r}?" if close else f"the keys are {', '.join(allowed)}"
+                self.fail(_join(key, name), f"unknown key ({why})")
+        for name in required:
+            if name not in value:
+                self.fail(_join(key, name), "is required")
+        return {k: v for k, v in value.items() if k in allowed}
+
+    def number(self, data: Mapping[str, Any], key: str, name: str, default: float, *, whole: bool = False) -> Any:
+        value = data.get(name, default)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+        if ok and whole and value != int(value):
+            ok = False
+        if not ok:
+            what = "a whole number >= 0" if whole else "a number >= 0"
+            self.fail(_join(key, name), f"{name}={value!r} must be {what}")
+            return default
+        return int(value) if whole else value
+
+    def text(self, data: Mapping[str, Any], key: str, name: str) -> str | None:
+        value = data.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, str | int) or isinstance(value, bool) or not str(value).strip():
+            self.fail(_join(key, name), f"must be a name such as 'A100', not {value!r}")
+            return None
+        return str(value)
+
+    def memory(self, data: Mapping[str, Any], key: str, default: str) -> int | str:
+        value = data.get("memory", default)
+        try:
+            ok = parse_memory(value) > 0
+        except InvalidRequestError:
+            ok = False
+        if not ok:
+            self.fail(_join(key, "memory"), f"must be an amount such as '1GiB' or bytes > 0, not {value!r}")
+            return default
+        return value
+
+    def amounts(self, data: Mapping[str, Any], key: str) -> dict[str, float]:
+        value = data.get("resources", {})
+        if not isinstance(value, Mapping):
+            self.fail(_join(key, "resources"), f"must be a mapping of name: amount, not {_kind(value)}")
+            return {}
+        out = {}
+        for name, amount in value.items():
+            if not isinstance(name, str) or not name or name in ("CPU", "GPU", "memory"):
+                self.fail(_join(key, "resources"), f"{name!r} is not a custom resource name (CPU/GPU/memory have keys)")
+            elif isinstance(amount, bool) or not isinstance(amount, int | float) or not amount >= 0:
+                self.fail(_join(key, f"resources.{name}"), f"must be a number >= 0, not {amount!r}")
+            else:
+                out[name] = float(amount)
+        return out
+
+    def labels(self, data: Mapping[str, Any], key: str) -> dict[str, str]:
+        value = data.get("labels", {})
+        if not isinstance(value, Mapping):
+            self.fail(_join(key, "labels"), f"must be a mapping of key: value, not {_kind(value)}")
+            return {}
+        out = {}
+        for name, label in value.items():
+            if isinstance(label, bool):
+                label = str(label).lower()
+            if not isinstance(name, str) or not name or not isinstance(label, str | int | float) or not str(label):
+                self.fail(_join(key, f"labels.{name}"), f"must be a text value, not {_kind(label)}")
+            else:
+                out[name] = str(label)
+        return out
+
+    def cluster(self, value: Any, key: str) -> LocalClusterSpec:
+        data = self.mapping(value, key, _CLUSTER_KEYS, required=("name",))
+        name = data.get("name")
+        if "name" in data and (not isinstance(name, str) or not _CLUSTER_NAME.match(name)):
+            self.fail(_join(key, "name"), f"{name!r} must be 1-63 lowercase letters, digits, '-' or '_'")
+        if data.get("workers") and "autoscaling" in data:
+            self.fail(key, "has both workers and autoscaling (give one: fixed nodes, or worker types that scale)")
+        workers: list[LocalNodeSpec] = []
+        raw = data.get("workers", [])
+        if not isinstance(raw, list):
+            self.fail(_join(key, "workers"), f"must be a list of worker nodes, not {_kind(raw)}")
+            raw = []
+        for i, node in enumerate(raw):
+            workers.extend(self.node(node, _join(key, f"workers.{i}")))
+        autoscaling = None
+        if "autoscaling" in data:
+            autoscaling = self.autoscaling(data["autoscaling"], _join(key, "autoscaling"))
+        return LocalClusterSpec(
+            name if isinstance(name, str) else "",
+            cpus=self.number(data, key, "cpus", 2),
+            gpus=self.number(data, key, "gpus", 0, whole=True),
+            accelerator=self.text(data, key, "accelerator"),
+            memory=self.memory(data, key, "2GiB"),
+            resources=self.amounts(data, key),
+            labels=self.labels(data, key),
+            workers=tuple(workers),
+            autoscaling=autoscaling,
+        )
+
+    def node(self, value: Any, key: str) -> list[LocalNodeSpec]:
+        """A worker node entry: ``count`` (default 1) identical nodes."""
+        data = self.mapping(value, key, _NODE_KEYS)
+        count = self.number(data, key, "count", 1, whole=True)
+        if count < 1:
+            self.fail(_join(key, "count"), "must be at least 1 (leave the entry out for no node)")
+        node = LocalNodeSpec(
+            cpus=self.number(data, key, "cpus", 1),
+            gpus=self.number(data, key, "gpus", 0, whole=True),
+            accelerator=self.text(data, key, "accelerator"),
+            memory=self.memory(data, key, "1GiB"),
+            resources=self.amounts(data, key),
+        )
+        return [node] * count
+
+    def autoscaling(self, value: Any, key: str) -> LocalAutoscaling | None:
+        data = self.mapping(value, key, _AUTOSCALING_KEYS, required=("worker_types",))
+        raw = data.get("worker_types", {})
+        types = {}
+        if "worker_types" in data and (not isinstance(raw, Mapping) or not raw):
+            self.fail(_join(key, "worker_types"), "must map a node type name to its cpus, gpus, ... and max_workers")
+        if not isinstance(raw, Mapping):
+            raw = {}
+        for name, kind in raw.items():
+            where = _join(key, f"worker_types.{name}")
+            kind = self.mapping(kind, where, _TYPE_KEYS)
+            worker = LocalWorkerType(
+                cpus=self.number(kind, where, "cpus", 1),
+                gpus=self.number(kind, where, "gpus", 0, whole=True),
+                accelerator=self.text(kind, where, "accelerator"),
+                resources=self.amounts(kind, where),
+                min_workers=self.number(kind, where, "min_workers", 0, whole=True),
+                max_workers=self.number(kind, where, "max_workers", 1, whole=True),
+            )
+            if worker.max_workers < max(1, worker.min_workers):
+                self.fail(_join(where, "max_workers"), "must be at least 1 and at least min_workers")
+            types[str(name)] = worker
+        idle = self.number(data, key, "idle_timeout_s", 60.0)
+        if "idle_timeout_s" in data and idle <= 0:
+            self.fail(_join(key, "idle_timeout_s"), "must be more than 0")
+        return LocalAutoscaling(types, idle_timeout_s=idle) if types else None
+
+    def raise_if_any(self, source: str | None, hint: str) -> None:
+        if not self.problems:
+            return
+        if len(self.problems) == 1:
+            key, problem = self.problems[0]
+            raise ConfigError(problem, hint, source=source, key=key or None)
+        lines = [f"{len(self.problems)} problems:"]
+        lines += [f"  - key {key!r}: {problem}" if key else f"  - {problem}" for key, problem in self.problems]
+        raise ConfigError("\n".join(lines), hint, source=source)
+
+
+def _join(key: str, name: object) -> str:
+    return f"{key}.{name}" if key else str(name)
+
+
+def _kind(value: object) -> str:
+    return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(value), repr(value))
+
+
+def parse_local_fleet(data: Any, *, source: str | None = None) -> list[LocalClusterSpec]:
+    """The clusters of a local fleet definition (a file's parsed YAML: ``{"clusters": [...]}``).
+
+    Raises:
+        ConfigError: naming the file and every offending key at once.
+    """
+    reader = _Reader()
+    top = reader.mapping(data, "", ("clusters",), required=("clusters",))
+    raw = top.get("clusters", [])
+    if "clusters" in top and (not isinstance(raw, list) or not raw):
+        reader.fail("clusters", f"must be a non-empty list of clusters, not {_kind(raw)}")
+        raw = []
+    specs = [reader.cluster(c, f"clusters.{i}") for i, c in enumerate(raw)]
+    names = [s.name for s in specs if s.name]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        reader.fail("clusters", f"the name {name!r} is given to more than one cluster")
+    reader.raise_if_any(source, f"correct it in {source or 'the definition'}; {_FORMAT_HINT}")
+    return specs
+
+
+def load_local_fleet(path: str | os.PathLike[str]) -> list[LocalClusterSpec]:
+    """The clusters of a local fleet file (YAML; see docs/local.md).
+
+    Raises:
+        ConfigError: the file is unreadable, not YAML, or has problems (all of them named, with their keys).
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read the local fleet file: {e.strerror}", "check the path", source=source) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML: {e}", f"fix the YAML syntax; {_FORMAT_HINT}", source=source) from None
+    return parse_local_fleet(data, source=source)
+
+
+def parse_local_cluster(data: Mapping[str, Any], *, source: str) -> LocalClusterSpec:
+    """One cluster from a mapping of the file format's cluster keys (the CLI's ``--cluster``)."""
+    reader = _Reader()
+    spec = reader.cluster(data, "")
+    reader.raise_if_any(source, _FORMAT_HINT)
+    return spec
+
+
+def parse_local_node(data: Mapping[str, Any], *, source: str) -> list[LocalNodeSpec]:
+    """Worker nodes from a mapping of the file format's worker keys, ``count`` included (the CLI's ``--worker``)."""
+    reader = _Reader()
+    nodes = reader.node(data, "")
+    reader.raise_if_any(source, _FORMAT_HINT)
+    return nodes
+
+
+def state_root() -> Path:
+    """Where local fleets keep their directories: ``$RAYFLEET_LOCAL_DIR``, else ``$XDG_DATA_HOME/rayfleet/local``
+    (``~/.local/share`` by default). Never derived from the ledger's path: a fleet started with one
+    ``RAYFLEET_LEDGER`` must be found (and stopped) from a shell that has another, or none."""
+    if env := os.environ.get(LOCAL_DIR_ENV):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "rayfleet" / "local"
+
+
 def state_dir(fleet: str = "default") -> Path:
     """Where a local fleet keeps its state file, fleet file and logs."""
-    base = os.environ.get("RAYFLEET_LOCAL_DIR") or default_ledger_path().parent / "local"
-    return Path(base) / fleet
+    return state_root() / fleet
 
 
 def ports_of(base: int) -> dict[str, int]:
@@ -297,6 +554,12 @@ class LocalFleet:
         clusters: what to start (default: a "cpu" cluster and a "gpu" cluster with 2 logical A100s).
         name: the fleet's name; its state lives in ``state_dir(name)``.
         port_base: the first port of the first cluster's block; ``None`` picks free blocks.
+        directory: where to keep the state instead of ``state_dir(name)``.
+
+    ``up()`` and ``down()`` may come from different processes: ``LocalFleet(specs, name="lab").up()`` leaves the
+    clusters running after this process ends (for the CLI: ``rayfleet --fleet <fleet_file>``), and
+    ``LocalFleet(name="lab").down()`` (or ``rayfleet local down --name lab``) stops them. `local_fleet` stops them
+    when its block ends.
 
     Example:
         >>> with LocalFleet([LocalClusterSpec("a", cpus=1)]) as running:      # doctest: +SKIP
@@ -325,7 +588,13 @@ class LocalFleet:
         self.port_base = port_base
         self.dir = Path(directory) if directory else state_dir(name)
         self.running: list[RunningCluster] = []
+        self.leftovers_stopped = 0  # processes of a crashed previous run that up() stopped first
         self._processes: dict[int, subprocess.Popen[bytes]] = {}  # pid -> the ones this object started
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> LocalFleet:
+        """The fleet a local fleet file describes (see `load_local_fleet`); ``kwargs`` as for the constructor."""
+        return cls(load_local_fleet(path), **kwargs)
 
     @property
     def state_file(self) -> Path:
@@ -353,11 +622,14 @@ class LocalFleet:
             LocalFleetError: the fleet is already up, or a cluster did not start (its log is named).
             PortInUseError: an explicitly chosen port is taken.
         """
-        if self.state_file.exists() and any(c.alive() for c in _read_state(self.state_file)):
-            raise LocalFleetError(
-                f"local fleet {self.name!r} is already up ({self.state_file})",
-                f"stop it with 'rayfleet local down --name {self.name}', or choose another name",
-            )
+        if self.state_file.exists():
+            previous = _read_state(self.state_file)
+            if any(c.alive() for c in previous):
+                raise LocalFleetError(
+                    f"local fleet {self.name!r} is already up ({self.state_file})",
+                    f"stop it with 'rayfleet local down --name {self.name}', or choose another name",
+                )
+            self._stop_previous(previous)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with _reservation_lock():
             bases = self._choose_ports()
@@ -379,12 +651,25 @@ class LocalFleet:
             for cluster, spec in zip(self.running, self.specs, strict=True):
                 _wait_ready(cluster, self._processes_of(cluster), spec.nodes_at_start, deadline, timeout)
         except BaseException:
-            self.down()
+            self._stop(self.running, STOP_TIMEOUT_S)
             raise
         finally:
             _release(blocks)  # bound by Ray now (or given up)
         self._write_fleet_file()
         return self
+
+    def _stop_previous(self, previous: Sequence[RunningCluster]) -> None:
+        """A previous run whose heads are gone (a crash) may have left processes behind, holding its ports: stop them
+        (they are this fleet's own, found by its clusters' temp dirs) before starting again."""
+        left = _members(_process_table(), [c.temp_dir for c in previous])
+        if left:
+            log.info(
+                "local fleet %r: stopping %d processes left by its previous run (its heads had stopped)",
+                self.name,
+                len(left),
+            )
+        self.leftovers_stopped = len(left)
+        self._stop(previous, timeout_s=5.0)
 
     def _choose_ports(self) -> list[int]:
         sizes = [1 + len(spec.workers) for spec in self.specs]  # blocks per cluster
@@ -392,10 +677,17 @@ class LocalFleet:
             bases = [self.port_base + sum(sizes[:i]) * PORT_BLOCK for i in range(len(self.specs))]
             for spec, base, size in zip(self.specs, bases, sizes, strict=True):
                 if (port := _first_taken(base, size)) is not None:
+                    holder = _fleet_holding(port)
+                    stop = (
+                        f"run 'rayfleet local down --name {holder}'"
+                        if holder
+                        else f"stop what listens there (ss -ltnp 'sport = :{port}')"
+                    )
                     raise PortInUseError(
-                        f"port {port} for local cluster {spec.name!r} is already in use",
-                        f"stop what listens there (ss -ltnp 'sport = :{port}'), or choose another port base "
-                        f"(--port-base / port_base=), or leave it unset to pick free ports",
+                        f"port {port} for local cluster {spec.name!r} is already in use"
+                        + (f" (by local fleet {holder!r})" if holder else ""),
+                        f"{stop}, or choose another port base (--port-base / port_base=), or leave it unset to pick "
+                        "free ports",
                     )
             return bases
         bases, base = [], FIRST_BASE
@@ -505,12 +797,34 @@ class LocalFleet:
         ``timeout_s``: how long the SIGTERMed processes get to exit before the SIGKILL (a cluster whose head or raylet
         was killed has nothing left to shut down cleanly: a short one does).
 
-        Worker nodes go first (fixed workers, and the autoscaler with the nodes it added), then the heads, then
-        SIGKILL to whatever of theirs is left. Which processes are theirs is decided before any signal, from the
-        process groups we created and the ``/proc`` parent links from our pids: once a parent exits its children
-        are re-parented to init and the links are gone.
+        Everything of a cluster goes, orphans of a crashed head included (see `_stop`); then its ports are checked.
+
+        Raises:
+            LocalFleetError: a process of a cluster did not exit even after SIGKILL (the state file is kept).
+            PortInUseError: a port of a cluster's block is still taken once all its processes have exited.
         """
         clusters = self.running or (_read_state(self.state_file) if self.state_file.exists() else [])
+        self._stop(clusters, timeout_s)
+        for cluster in clusters:
+            if (port := _port_in_use(cluster, PORTS_FREE_S)) is not None:
+                raise PortInUseError(
+                    f"port {port} of local cluster {cluster.name!r} is still in use after all its processes stopped",
+                    f"see what holds it with ss -ltnp 'sport = :{port}' (no process of the cluster is left: none "
+                    f"names or writes into {cluster.temp_dir}); stop that, or let 'rayfleet local up' pick free ports",
+                )
+        return [c.name for c in clusters]
+
+    def _stop(self, clusters: Sequence[RunningCluster], timeout_s: float) -> None:
+        """Stop every process of ``clusters``, then remove their temp dirs and this fleet's state and fleet files.
+
+        Worker nodes go first (fixed workers, and the autoscaler with the nodes it added), then the heads, then the
+        orphans, then SIGKILL to whatever of theirs is left. Which processes are theirs is decided before any signal,
+        from the process groups we created and the ``/proc`` parent links from our pids (once a parent exits its
+        children are re-parented to init and the links are gone), and from each cluster's temp dir: every process of
+        a cluster names it on its command line or writes a log file under it. That finds what a crashed head left
+        behind, which no link or group leads to (job drivers run in sessions of their own; Ray's agents outlive
+        their raylet); the temp dir is the cluster's own (``mkdtemp``), so no other cluster's process matches.
+        """
         table = _process_table()
         heads = [c.pid for c in clusters if self._alive(c.pid, c.temp_dir)]
         workers = [w.pid for c in clusters for w in c.workers if self._alive(w.pid, c.temp_dir)]
@@ -523,6 +837,9 @@ class LocalFleet:
             if pid in heads or pid in workers or pid not in table
         ]
         family = _family(table, [*heads, *workers], groups)
+        temp_dirs = [c.temp_dir for c in clusters]
+        orphans = {p: s for p, s in _members(table, temp_dirs).items() if p not in family}
+        family.update(orphans)
         # the autoscaler (a child of the head) and the fake nodes it started (its descendants)
         autoscalers = [
             p for c in clusters if c.autoscaling and c.pid in heads for p in _children(table, c.pid, "monitor.py")
@@ -532,29 +849,44 @@ class LocalFleet:
         deadline = time.monotonic() + timeout_s
         self._terminate([*workers, *autoscalers, *fake_nodes], deadline, family)
         self._terminate(heads, deadline, family)
+        # an orphan has lost its raylet or GCS and so has nothing to shut down cleanly (measured: Ray's workers, the
+        # job supervisor and a driver outlived a SIGTERM by 15 s): a short wait, then the SIGKILL below
+        self._terminate(orphans, min(deadline, time.monotonic() + ORPHAN_STOP_S), family)
         for group in groups:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(group, signal.SIGKILL)
-        for pid, started in family.items():  # a descendant that left the group
-            if _start_time(pid) == started:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
+        _kill(family)  # a descendant that left the group, an orphan
         for pid in [c.pid for c in clusters] + [w.pid for c in clusters for w in c.workers]:
             if (process := self._processes.pop(pid, None)) is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(timeout=2)  # reap our child (killed above)
             else:
                 _reap(pid)
-        # SIGKILL is asynchronous: return only once every process of theirs has exited (zombies count as exited)
+        # SIGKILL is asynchronous: return only once every process of theirs has exited (zombies count as exited),
+        # including any a dying raylet started meanwhile (found the same way)
         gone_by = time.monotonic() + 10
-        while time.monotonic() < gone_by and any(_start_time(p) == s for p, s in family.items()):
-            time.sleep(0.05)
+        while time.monotonic() < gone_by:
+            if any(_start_time(p) == s for p, s in family.items()):
+                time.sleep(0.05)
+                continue
+            if not (stray := _members(_process_table(), temp_dirs)):
+                break
+            _kill(stray)
+            family.update(stray)
+        left = sorted(
+            {p for p, s in family.items() if _start_time(p) == s} | _members(_process_table(), temp_dirs).keys()
+        )
+        if left:
+            raise LocalFleetError(
+                f"local fleet {self.name!r}: processes {left} of its clusters did not exit after SIGKILL",
+                f"see them with 'ps -o pid,stat,args -p {','.join(map(str, left))}'; once they are gone, run "
+                f"'rayfleet local down --name {self.name}' again",
+            )
         for cluster in clusters:
             shutil.rmtree(cluster.temp_dir, ignore_errors=True)
         for path in (self.state_file, self.fleet_file):
             path.unlink(missing_ok=True)
         self.running = []
-        return [c.name for c in clusters]
 
     def _alive(self, pid: int, temp_dir: str) -> bool:
         process = self._processes.get(pid)
@@ -762,6 +1094,88 @@ def _children(table: Mapping[int, tuple[int, int, int]], parent: int, marker: st
                 if marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
                     out.append(pid)
     return out
+
+
+def _kill(processes: Mapping[int, int]) -> None:
+    """SIGKILL each process of ``processes`` (pid -> start time) that is still the same process."""
+    for pid, started in processes.items():
+        if _start_time(pid) == started:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _members(table: Mapping[int, tuple[int, int, int]], temp_dirs: Sequence[str]) -> dict[int, int]:
+    """The processes of the clusters with these temp dirs, found without parent links: each has an option naming a
+    temp dir on its command line (``--temp-dir=<temp dir>``, ``--log_dir=<temp dir>/session_...``) or has a file under
+    one open for writing (Ray's agents and workers write their logs there, a job's driver its output). A reader
+    (``tail -f`` of a log) is not one, nor is this process or its ancestors (a job that stops its own cluster).
+    pid -> start time."""
+    if not temp_dirs:
+        return {}
+    pattern = re.compile("|".join(rf"^--[\w-]+={re.escape(d)}(/|$)" for d in temp_dirs))
+    spared, pid = set(), os.getpid()
+    while pid in table and pid not in spared:
+        spared.add(pid)
+        pid = table[pid][0]
+    return {
+        pid: started
+        for pid, (_, _, started) in table.items()
+        if pid not in spared and (_names(pid, pattern) or _writes_under(pid, temp_dirs))
+    }
+
+
+def _names(pid: int, pattern: re.Pattern[str]) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return any(pattern.search(arg) for arg in cmdline.split("\0"))
+
+
+def _writes_under(pid: int, directories: Sequence[str]) -> bool:
+    """Whether the process has a file under one of ``directories`` open for writing (removed files count too)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if not any(target.startswith(d + "/") for d in directories):
+                continue
+            flags = next(line for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines() if "flags" in line)
+        except (OSError, StopIteration):
+            continue
+        if int(flags.split()[1], 8) & (os.O_WRONLY | os.O_RDWR):
+            return True
+    return False
+
+
+def _port_in_use(cluster: RunningCluster, wait_s: float) -> int | None:
+    """The first port of the cluster's blocks that something still holds after up to ``wait_s`` (the sockets of a
+    killed process may linger in the kernel a moment); a block that another fleet has reserved since (it is
+    starting there) is not looked at."""
+    deadline = time.monotonic() + wait_s
+    for node in range(1 + len(cluster.workers)):
+        base = cluster.port_base + node * PORT_BLOCK
+        ports = ports_of(base)
+        for port in [*(ports[n] for n in _PORT_NAMES), *range(ports["min_worker"], ports["max_worker"] + 1)]:
+            while not _reserved(base) and _taken(port):
+                if time.monotonic() > deadline:
+                    return port
+                time.sleep(0.1)
+    return None
+
+
+def _fleet_holding(port: int) -> str | None:
+    """The name of the local fleet (in `state_root`) whose state file gives it the block holding ``port``, if any."""
+    with contextlib.suppress(OSError):
+        for state in sorted(state_root().glob("*/state.json")):
+            with contextlib.suppress(LocalFleetError):
+                for c in _read_state(state):
+                    if c.port_base <= port < c.port_base + (1 + len(c.workers)) * PORT_BLOCK:
+                        return state.parent.name
+    return None
 
 
 def _reap(pid: int) -> None:
