@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import re
 import socket
 import threading
 import time
@@ -100,6 +101,8 @@ def test_a_cluster_killed_midway_and_restarted_loses_no_job_and_runs_none_twice(
         ledger = Ledger(ledger_path)
         victims = {j for j in ids if ledger.job(j).last_attempt.cluster == "c"}  # type: ignore[union-attr]
         assert victims >= {*retriable, single}
+        # the loop saves the log of every running job as it runs (a checkpoint): it outlives the cluster
+        drive(fleet, lambda: ledger.saved_logs(f"{single}-1") is not None, timeout=60)
 
         lossy.kill()
         drive(fleet, lambda: all(ledger.job(j).state is JobState.UNKNOWN for j in victims), timeout=60)
@@ -142,6 +145,13 @@ def test_a_cluster_killed_midway_and_restarted_loses_no_job_and_runs_none_twice(
         failed = jobs[single]
         assert "lost on c" in (failed.reason or "") and "max_retries=0" in (failed.reason or ""), report
         assert "restarted (Ray session" in (failed.attempts[0].detail or ""), report
+        saved = fleet.job(single).log()  # what is left of its log: the checkpoint, and a note saying so
+        assert "rayfleet: reserved 1 bundles" in saved.text
+        assert re.fullmatch(
+            r"attempt 1 was lost with cluster c \(cluster c restarted \(Ray session \S+ -> \S+\) and lost the job\); "
+            r"its log as saved at \d\d:\d\d:\d\d",
+            saved.note or "",
+        ), saved.note
         # duplicated = 0: no attempt's command started twice, and a job started again only after a proven loss
         runs = collections.Counter(started(ran))
         assert max(runs.values()) == 1, runs
