@@ -148,6 +148,8 @@ class LocalClusterSpec:
         labels: labels of the cluster in the fleet.
         workers: worker nodes started with the head and kept until ``down()``.
         autoscaling: make the cluster autoscale (exclusive with ``workers``).
+        env: environment variables of the cluster's processes (and so of its jobs), over those every local cluster
+            gets: e.g. a ``PATH`` whose ``python`` lacks Ray, to meet what a job meets on such a cluster.
 
     Example:
         >>> LocalClusterSpec("gang", cpus=1, workers=(LocalNodeSpec(cpus=2), LocalNodeSpec(cpus=2)))  # doctest: +SKIP
@@ -164,6 +166,7 @@ class LocalClusterSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     workers: tuple[LocalNodeSpec, ...] = ()
     autoscaling: LocalAutoscaling | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
 
     def node_resources(self) -> dict[str, float]:
         return _with_accelerator(self.resources, self.accelerator)
@@ -183,7 +186,18 @@ DEMO_FLEET = (
 
 # ----- local fleet files (and the CLI's flags) ----------------------------------------------------------------------
 
-_CLUSTER_KEYS = ("name", "cpus", "gpus", "accelerator", "memory", "resources", "labels", "workers", "autoscaling")
+_CLUSTER_KEYS = (
+    "name",
+    "cpus",
+    "gpus",
+    "accelerator",
+    "memory",
+    "resources",
+    "labels",
+    "workers",
+    "autoscaling",
+    "env",
+)
 _NODE_KEYS = ("cpus", "gpus", "accelerator", "memory", "resources", "count")
 _AUTOSCALING_KEYS = ("worker_types", "idle_timeout_s")
 _TYPE_KEYS = ("cpus", "gpus", "accelerator", "resources", "min_workers", "max_workers")
@@ -261,19 +275,20 @@ class _Reader:
                 out[name] = float(amount)
         return out
 
-    def labels(self, data: Mapping[str, Any], key: str) -> dict[str, str]:
-        value = data.get("labels", {})
+    def labels(self, data: Mapping[str, Any], key: str, name: str = "labels") -> dict[str, str]:
+        """A mapping of text to text: a cluster's ``labels``, or its ``env``."""
+        value = data.get(name, {})
         if not isinstance(value, Mapping):
-            self.fail(_join(key, "labels"), f"must be a mapping of key: value, not {_kind(value)}")
+            self.fail(_join(key, name), f"must be a mapping of key: value, not {_kind(value)}")
             return {}
         out = {}
-        for name, label in value.items():
+        for item, label in value.items():
             if isinstance(label, bool):
                 label = str(label).lower()
-            if not isinstance(name, str) or not name or not isinstance(label, str | int | float) or not str(label):
-                self.fail(_join(key, f"labels.{name}"), f"must be a text value, not {_kind(label)}")
+            if not isinstance(item, str) or not item or not isinstance(label, str | int | float) or not str(label):
+                self.fail(_join(key, f"{name}.{item}"), f"must be a text value, not {_kind(label)}")
             else:
-                out[name] = str(label)
+                out[item] = str(label)
         return out
 
     def cluster(self, value: Any, key: str) -> LocalClusterSpec:
@@ -303,6 +318,7 @@ class _Reader:
             labels=self.labels(data, key),
             workers=tuple(workers),
             autoscaling=autoscaling,
+            env=self.labels(data, key, "env"),
         )
 
     def node(self, value: Any, key: str) -> list[LocalNodeSpec]:
@@ -645,7 +661,7 @@ class LocalFleet:
             for cluster, spec in zip(self.running, self.specs, strict=True):
                 _wait_ready(cluster, self._processes_of(cluster), 1, deadline, timeout)
                 for index, node in enumerate(spec.workers, 1):  # one at a time (see _start_worker)
-                    cluster.workers.append(self._start_worker(cluster, index, node))
+                    cluster.workers.append(self._start_worker(cluster, index, node, spec.env))
                     self._write_state()
                     _wait_ready(cluster, self._processes_of(cluster), 1 + index, deadline, timeout)
             for cluster, spec in zip(self.running, self.specs, strict=True):
@@ -719,6 +735,7 @@ class LocalFleet:
             AUTOSCALER_METRIC_PORT=str(ports["autoscaler_metrics"]),
             DASHBOARD_METRIC_PORT=str(ports["dashboard_metrics"]),
         )
+        env.update(spec.env)
         if spec.autoscaling:
             config = self.dir / f"{spec.name}.autoscaling.yaml"
             _atomic_write(config, yaml.safe_dump(_autoscaling_config(spec, ports["gcs"]), sort_keys=False))
@@ -741,7 +758,9 @@ class LocalFleet:
             autoscaling=spec.autoscaling is not None,
         )
 
-    def _start_worker(self, cluster: RunningCluster, index: int, node: LocalNodeSpec) -> RunningWorker:
+    def _start_worker(
+        self, cluster: RunningCluster, index: int, node: LocalNodeSpec, env: Mapping[str, str]
+    ) -> RunningWorker:
         """Start worker ``index`` (1, 2, ...) of ``cluster`` in the ``index``-th block of ports after the head's.
 
         It shares the head's temp dir, so it also shares its session dir. That is what makes job logs work: a job's
@@ -759,7 +778,7 @@ class LocalFleet:
             f"--address=127.0.0.1:{ports_of(cluster.port_base)['gcs']}",
             *_node_options(ports, cluster.temp_dir, node.cpus, node.gpus, node.memory, node.node_resources()),
         ]  # fmt: skip
-        return RunningWorker(self._spawn(command, log_path, _environment()).pid, str(log_path))
+        return RunningWorker(self._spawn(command, log_path, {**_environment(), **env}).pid, str(log_path))
 
     def _spawn(self, command: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
         with open(log_path, "wb") as log:
