@@ -50,7 +50,7 @@ MemOpt = Annotated[str | None, typer.Option("--memory", help="Memory, e.g. 4GiB"
 ResOpt = Annotated[list[str] | None, typer.Option("--resource", help="Custom resource KEY=AMOUNT (repeatable)")]
 LabelOpt = Annotated[list[str] | None, typer.Option("--label", help="Cluster label KEY=VALUE to match (repeatable)")]
 ClusterOpt = Annotated[str | None, typer.Option("--cluster", help="Pin to this cluster")]
-PolicyOpt = Annotated[str | None, typer.Option("--policy", help="binpack, spread or cost")]
+PolicyOpt = Annotated[str | None, typer.Option("--policy", help="binpack, spread, cost or fragmentation")]
 
 
 def _run(fn: Callable[[], T]) -> T:

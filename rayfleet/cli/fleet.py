@@ -37,7 +37,8 @@ from rayfleet.cli.common import (
     out,
 )
 from rayfleet.errors import AuthenticationError, ClusterError, InvalidRequestError
-from rayfleet.ledger import JobRecord
+from rayfleet.ledger import CORDON, DRAIN, LAUNCHER_UNFIT, ClusterMark, JobRecord
+from rayfleet.lifecycle import launcher_mark_holds
 from rayfleet.placement import Decision
 from rayfleet.resources import Resources, format_bytes
 from rayfleet.states import JobState
@@ -71,9 +72,11 @@ def clusters(fleet_file: FleetOpt = None, ledger: LedgerOpt = None) -> None:
     ):
         table.add_column(column)
     managed = fleet.managed
+    marks = {name: [m for m in kept if _in_force(m, snapshots.get(name))] for name, kept in _run(fleet.marks).items()}
     failed = []
     for cluster in fleet.clusters:
         snap = snapshots[cluster.name]
+        marked = "".join(f", [yellow]{MARK_WORDS.get(m.kind, m.kind)}[/]" for m in marks.get(cluster.name, []))
         labels = ",".join(f"{k}={v}" for k, v in sorted(cluster.labels.items()))
         record = managed.get(cluster.name)
         deadline = record.idle_deadline if record else None
@@ -82,12 +85,12 @@ def clusters(fleet_file: FleetOpt = None, ledger: LedgerOpt = None) -> None:
             owner += f", idle deletion in {max(0.0, deadline - time.time()):.0f}s"
         if not snap.healthy:
             failed.append(snap)
-            table.add_row(cluster.name, f"[red]{health_label(snap)}[/]", f"{snap.age:.1f}s", "-", "-", "-", "-",
-                          labels, owner)  # fmt: skip
+            table.add_row(cluster.name, f"[red]{health_label(snap)}[/]{marked}", f"{snap.age:.1f}s", "-", "-", "-",
+                          "-", labels, owner)  # fmt: skip
             continue
         table.add_row(
             cluster.name,
-            "[green]ok[/]",
+            f"[green]ok[/]{marked}",
             f"{snap.age:.1f}s",
             str(len(snap.node_ids)),
             f"{snap.sum('CPU', 'free'):g}/{snap.sum('CPU'):g}",
@@ -97,6 +100,10 @@ def clusters(fleet_file: FleetOpt = None, ledger: LedgerOpt = None) -> None:
             owner,
         )
     out.print(table)
+    for mark in (m for cluster_marks in marks.values() for m in cluster_marks):
+        why = f": {mark.reason}" if mark.reason else ""
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mark.at))
+        out.print(f"{mark.cluster}: {MARK_WORDS.get(mark.kind, mark.kind)} by {mark.by} at {at}{why}", highlight=False)
     for snap in failed:
         out.print(f"[red]{snap.error}[/]", highlight=False)
         if snap.error_hint:
@@ -104,6 +111,18 @@ def clusters(fleet_file: FleetOpt = None, ledger: LedgerOpt = None) -> None:
     fleet.close()
     if failed and len(failed) == len(fleet.clusters):
         _none_answered(failed)
+
+
+# how `clusters` names each mark (`Fleet.cordon`, `drain`, and a python that could not run the launcher)
+MARK_WORDS = MappingProxyType({CORDON: "cordoned", DRAIN: "draining", LAUNCHER_UNFIT: "no launcher (python lacks Ray)"})
+
+
+def _in_force(mark: ClusterMark, snap: ClusterSnapshot | None) -> bool:
+    """A cordon or drain holds until lifted; a launcher mark until the cluster restarts or it is rechecked."""
+    if mark.kind != LAUNCHER_UNFIT:
+        return True
+    session = snap.session_name if snap is not None and snap.healthy else None
+    return launcher_mark_holds(mark.at, mark.session, time.time(), session)
 
 
 def health_label(snap: ClusterSnapshot) -> str:
@@ -162,6 +181,9 @@ def submit(
     priority: Annotated[int, typer.Option(help="Queued jobs with a higher priority are placed first")] = 0,
     owner: Annotated[str | None, typer.Option(help="Owner for fair share (default: $RAYFLEET_OWNER or user)")] = None,
     max_retries: Annotated[int, typer.Option(help="Run it again this many times if its cluster loses it")] = 0,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Stop it and mark it FAILED after this many seconds running")
+    ] = None,
     start_timeout: Annotated[
         float | None, typer.Option(help="Seconds it may take to reserve its resources before it moves elsewhere")
     ] = None,
@@ -185,6 +207,7 @@ def submit(
             owner=owner,
             max_retries=max_retries,
             start_timeout_s=start_timeout,
+            timeout_s=timeout,
         )
     )
     if handle.cluster is None:

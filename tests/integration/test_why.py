@@ -15,6 +15,8 @@ import pytest
 
 from rayfleet import Fleet, JobState, LogsUnavailableError, NoCapacityError
 from rayfleet.cli import EXIT_ERROR, EXIT_USAGE
+from rayfleet.dispatch.submission import Submission
+from rayfleet.ledger import Ledger
 from tests.clock import ManualClock
 from tests.integration.conftest import ray_job
 from tests.integration.test_cli import rayfleet
@@ -59,14 +61,18 @@ def test_a_job_never_placed_says_so_in_logs_and_job(fleet_file: Path, tmp_path: 
     ledger, clock = tmp_path / "ledger.db", ManualClock()
     with Fleet.from_file(fleet_file, ledger=ledger, clock=clock) as fleet:
         hog = fleet.submit(until_file(tmp_path / "release"), {"cpu": 2}, cluster="cpu")  # all of it
-        poll(lambda: hog.status() is JobState.RUNNING, timeout=120)
-        waiting = fleet.submit("true", {"cpu": 2}, cluster="cpu", wait=5)
-        assert waiting.record.state is JobState.QUEUED
-        clock.advance(10)
-        fleet.tick()
-        assert waiting.record.state is JobState.FAILED
-        (tmp_path / "release").touch()
-        assert hog.wait(120) is JobState.SUCCEEDED
+        try:
+            poll(lambda: hog.status() is JobState.RUNNING, timeout=120)
+            # until a reading shows it: the clock that stands still dates the hold, not the cluster's reports
+            poll(lambda: fleet.snapshots(max_age=0)["cpu"].sum("CPU", "free") == 0, timeout=60)
+            waiting = fleet.submit("true", {"cpu": 2}, cluster="cpu", wait=5)
+            assert waiting.record.state is JobState.QUEUED
+            clock.advance(10)
+            fleet.tick()
+            assert waiting.record.state is JobState.FAILED
+        finally:  # the shared cluster's CPUs back for the next tests, whatever happened
+            (tmp_path / "release").touch()
+            assert hog.wait(120) is JobState.SUCCEEDED
         with pytest.raises(LogsUnavailableError) as info:
             waiting.logs()
 
@@ -95,6 +101,9 @@ def test_a_job_past_its_timeout_is_stopped_and_failed_with_that_reason(fleet_fil
         poll(lambda: ray_job(address, job.submission_id)["status"] == "STOPPED", timeout=60)
         with pytest.raises(ValueError, match="timeout_s"):
             fleet.submit("true", {}, timeout_s=0)
+    args = ("--fleet", str(fleet_file), "--ledger", str(tmp_path / "ledger.db"))
+    said = rayfleet("submit", "--timeout", "600", "--cpu", "0.5", *args, "--", "true").stdout
+    assert Submission.from_job(Ledger(tmp_path / "ledger.db").job(said.split()[0])).timeout_s == 600
 
 
 def test_a_cordoned_cluster_takes_no_new_job_until_uncordoned(fleet_file: Path, tmp_path: Path) -> None:
@@ -102,6 +111,9 @@ def test_a_cordoned_cluster_takes_no_new_job_until_uncordoned(fleet_file: Path, 
     said = cli(ledger, fleet_file, "cordon", "gpu", "--reason", "driver upgrade").stdout
     assert "gpu: cordoned" in said
     try:
+        shown = cli(ledger, fleet_file, "clusters").stdout
+        assert re.search(r"│ gpu +│ ok, cordoned ", shown) and re.search(r"│ cpu +│ ok +│", shown)
+        assert re.search(r"^gpu: cordoned by \S+ at [\d-]+ [\d:]+: driver upgrade$", shown, re.MULTILINE)
         explained = cli(ledger, fleet_file, "explain", "--gpu", "1").stdout
         assert re.search(r"gpu .*cordoned by \S+ at \d\d:\d\d:\d\d: driver upgrade", explained)
         with Fleet.from_file(fleet_file, ledger=ledger) as fleet, pytest.raises(NoCapacityError) as info:
@@ -138,6 +150,8 @@ def test_drain_moves_a_retriable_job_and_waits_for_the_rest(fleet_file: Path, tm
             release.touch()
             for handle in (movable, staying):
                 with contextlib.suppress(Exception):
+                    if handle.status() is JobState.QUEUED:  # nowhere to go: withdrawn, not waited for
+                        handle.stop()
                     handle.wait(120)
             cli(ledger, fleet_file, "uncordon", where, check=False)
 
