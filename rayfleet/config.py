@@ -435,21 +435,7 @@ class FleetConfig(BaseModel):
                 file, the key and the fix.
         """
         source = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read the fleet file: {e.strerror}", "check the path", source=source) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(e, "problem", None) or str(e)
-            raise ConfigError(
-                f"malformed YAML{where}: {problem}",
-                "fix the YAML syntax (indentation, quotes, colons)",
-                source=source,
-            ) from None
+        data = read_yaml(path, "fleet file")
         if not isinstance(data, dict):
             raise ConfigError(
                 "the file must be a mapping with a 'clusters:' list",
@@ -485,6 +471,27 @@ class FleetConfig(BaseModel):
 
     def cluster(self, name: str) -> Cluster | None:
         return next((c for c in self.clusters if c.name == name), None)
+
+
+def read_yaml(path: str | os.PathLike[str], what: str, hint: str = "") -> Any:
+    """A YAML file's content (``what`` names the file's kind in errors).
+
+    Raises:
+        ConfigError: the file cannot be read, or is not valid YAML (with the line and column).
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read the {what}: {e.strerror}", "check the path", source=source) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        fix = "fix the YAML syntax (indentation, quotes, colons)" + (f"; {hint}" if hint else "")
+        raise ConfigError(f"malformed YAML{where}: {problem}", fix, source=source) from None
 
 
 def _only_template(value: str) -> bool:

@@ -40,6 +40,7 @@ from typing import Any
 import requests
 import yaml
 
+from rayfleet.config import read_yaml
 from rayfleet.errors import ConfigError, InvalidRequestError, LocalFleetError, PortInUseError
 from rayfleet.resources import ACCELERATOR_PREFIX, parse_memory
 
@@ -408,16 +409,7 @@ def load_local_fleet(path: str | os.PathLike[str]) -> list[LocalClusterSpec]:
     Raises:
         ConfigError: the file is unreadable, not YAML, or has problems (all of them named, with their keys).
     """
-    source = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read the local fleet file: {e.strerror}", "check the path", source=source) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"not valid YAML: {e}", f"fix the YAML syntax; {_FORMAT_HINT}", source=source) from None
-    return parse_local_fleet(data, source=source)
+    return parse_local_fleet(read_yaml(path, "local fleet file", _FORMAT_HINT), source=str(path))
 
 
 def parse_local_cluster(data: Mapping[str, Any], *, source: str) -> LocalClusterSpec:

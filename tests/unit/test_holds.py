@@ -7,12 +7,11 @@ from __future__ import annotations
 import pytest
 
 from rayfleet.capacity import ClusterSnapshot
-from rayfleet.config import FleetConfig
 from rayfleet.dispatch import Dispatcher
-from rayfleet.ledger import Ledger
 from rayfleet.placement import place
 from rayfleet.states import JobState
 from tests.clock import ManualClock
+from tests.dispatchers import two_dispatchers
 
 T0 = 1_000_000.0
 GPU = {"CPU": 1.0, "GPU": 1.0}
@@ -33,14 +32,8 @@ def clock() -> ManualClock:
 @pytest.fixture
 def fleet(tmp_path, clock):
     """Two dispatchers (think: two processes) on one ledger file, over clusters a and b."""
-    config = FleetConfig.build(
-        clusters=[{"name": "a", "address": "http://127.0.0.1:9"}, {"name": "b", "address": "http://127.0.0.1:9"}]
-    )
-    path = tmp_path / "ledger.db"
-    one, two = Dispatcher(config, Ledger(path, clock=clock)), Dispatcher(config, Ledger(path, clock=clock))
-    yield one, two
-    one.close()
-    two.close()
+    with two_dispatchers(tmp_path / "ledger.db", clock) as both:
+        yield both
 
 
 def place_on_a(dispatcher: Dispatcher, job_id: str = "rf-1") -> str:

@@ -145,7 +145,7 @@ def test_unreadable_and_non_yaml_files_are_config_errors_naming_the_file(tmp_pat
     with pytest.raises(ConfigError, match="cannot read the local fleet file") as missing:
         load_local_fleet(tmp_path / "nope.yaml")
     assert missing.value.source == str(tmp_path / "nope.yaml")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="malformed YAML at line"):
         load_local_fleet(write(tmp_path, "clusters: [\n"))
     with pytest.raises(ConfigError, match="must be a mapping, not a list"):
         parse_local_fleet([1, 2])
