@@ -82,7 +82,11 @@ def jobs(
     states, after = _run(lambda: (_states(state), _since(since, time.time())))
     fleet = _run(lambda: _fleet(fleet_file, ledger))
     filtered = bool(states or owner or cluster or after)
-    table = Table(title="rayfleet jobs")
+    table = Table(
+        title="rayfleet jobs",
+        caption="a reason cut short (…): all of it with 'rayfleet job ID'; the log with 'rayfleet logs ID'",
+        caption_justify="left",
+    )
     for column in ("job", "state", "cluster", "attempts", "resources", "reason", "entrypoint"):
         table.add_column(column, overflow="fold")
     shown = 0
