@@ -28,7 +28,7 @@ import requests
 from rayfleet.config import Cluster, warn_if_plain_http
 from rayfleet.errors import AuthenticationError, ClusterError, ClusterUnreachableError
 from rayfleet.resources import format_bytes
-from rayfleet.text import shorten, strip_escapes
+from rayfleet.text import first_line, shorten
 
 log = logging.getLogger(__name__)
 
@@ -557,7 +557,7 @@ def http_failure(
             cluster=name,
             status=status,
         )
-    said = _first_line(body)
+    said = first_line(body, 200)
     said = f": {said}" if said else ""
     if _refused(status):
         return ClusterError(
@@ -615,8 +615,3 @@ def _transport_reason(error: BaseException) -> str:
     if "Connection refused" in text or "ConnectionRefusedError" in text:
         return "connection refused"
     return "connection failed or host unreachable"
-
-
-def _first_line(body: str) -> str:
-    lines = [line.strip() for line in strip_escapes(body or "").splitlines() if line.strip()]
-    return shorten(lines[0], 200) if lines else ""

@@ -25,3 +25,9 @@ def shorten(text: str, limit: int, rest: str = "") -> str:
         cut = cut[:end]
     note = f"[{len(text) - len(cut)} more characters" + (f"; {rest}]" if rest else "]")
     return f"{cut.rstrip()} … {note}"
+
+
+def first_line(text: str | None, limit: int) -> str:
+    """The first non-blank line of ``text``, without terminal escapes, cut to ``limit`` (`shorten`); "" if none."""
+    lines = [line.strip() for line in strip_escapes(text or "").splitlines() if line.strip()]
+    return shorten(lines[0], limit) if lines else ""

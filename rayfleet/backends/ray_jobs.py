@@ -34,6 +34,7 @@ from rayfleet.errors import (
 )
 from rayfleet.launcher import command_task_name, placement_group_name
 from rayfleet.report import LauncherReport, parse_report
+from rayfleet.text import first_line
 
 FENCE_KEY = "rayfleet.fence"  # metadata of a no-op job that takes a submission id so that no one else can run it
 FENCE_ENTRYPOINT = "true"
@@ -390,13 +391,14 @@ class RayJobs:
             return JobNotFoundError(f"job {job} does not exist on cluster {name}", "list jobs with 'rayfleet jobs'")
         if "is running on the cluster" in text:  # Ray's version check: the cluster is older than an option needs
             return ClusterError(
-                f"cluster {name} refused {what}: {_first(text)}",
+                f"cluster {name} refused {what}: {first_line(text, 300) or 'no detail'}",
                 f"upgrade cluster {name}'s Ray to {'.'.join(map(str, RAY_FLOOR))} or later, or pin the job elsewhere",
                 cluster=name,
             )
         if status is not None:
             return http_failure(cluster, status, _after_status(text), request=what, refused_hint=_refused_hint)
-        return ClusterError(f"{what} on cluster {name} failed: {_first(text)}", "retry later", cluster=name)
+        said = first_line(text, 300) or "no detail"
+        return ClusterError(f"{what} on cluster {name} failed: {said}", "retry later", cluster=name)
 
 
 def _refused_hint(cluster: Cluster) -> str:
@@ -415,11 +417,6 @@ def _status_attribute(error: BaseException) -> int | None:
 def _body(error: BaseException) -> str:
     response = getattr(error, "response", None)
     return str(getattr(response, "text", "") or "")
-
-
-def _first(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[0][:300] if lines else "no detail"
 
 
 def _after_status(text: str) -> str:

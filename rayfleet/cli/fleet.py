@@ -237,7 +237,8 @@ def dispatch(
     if once:
         before = {j.id: j for j in fleet.ledger.jobs(limit=1_000_000, active_only=True)}
         deleted = _run(fleet.tick)
-        after = {job_id: fleet.ledger.job(job_id) for job_id in before}
+        now = {j.id: j for j in fleet.ledger.jobs(limit=1_000_000)}  # one read, as for `before`
+        after = {job_id: now[job_id] for job_id in before}
         for line in describe_turn(before, after, deleted):
             out.print(line, highlight=False)
     else:

@@ -32,8 +32,9 @@ clusters:
     memory: 1GiB
     labels: {zone: a, tier: gold}
 """
-# a driver that connects to its cluster (so it holds a worker port of the cluster's block) and then waits
-DRIVER = "python -c \"import ray, time; ray.init(); print('connected', flush=True); time.sleep(600)\""
+# a driver that connects to its cluster (so it holds a worker port of the cluster's block) and then waits until it is
+# killed: the test kills the head, and `local down` must find and stop this orphan
+DRIVER = "python -c \"import ray, threading; ray.init(); print('connected', flush=True); threading.Event().wait()\""
 
 
 def environment(data: Path, ledger: Path | None = None, local_dir: Path | None = None) -> dict[str, str]:

@@ -238,7 +238,8 @@ def test_the_state_directory_does_not_follow_the_ledger(
 
 # ----- a cluster's processes, by its temp dir ------------------------------------------------------------------------
 
-HOLD = "import sys, time; f = open(sys.argv[1], sys.argv[2]); print('ready', flush=True); time.sleep(60)"
+# open the file, say so, and hold it until the test closes our stdin (or kills us)
+HOLD = "import sys; f = open(sys.argv[1], sys.argv[2]); print('ready', flush=True); sys.stdin.read()"
 
 
 @pytest.fixture()
@@ -252,7 +253,11 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
 
 def start(started: list[subprocess.Popen[str]], *args: str) -> int:
     process = subprocess.Popen(
-        [sys.executable, "-c", HOLD, *args], stdout=subprocess.PIPE, text=True, start_new_session=True
+        [sys.executable, "-c", HOLD, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     started.append(process)
     assert process.stdout is not None and process.stdout.readline() == "ready\n"  # the file is open now
